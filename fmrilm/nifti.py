@@ -150,7 +150,7 @@ def _read_json(path: Path) -> dict:
     except json.JSONDecodeError as error:
         raise ValueError(f"The JSON sidecar {path} is not valid JSON ({error}); fix or remove it.") from error
     if not isinstance(content, dict):
-        raise ValueError(f"The JSON sidecar {path} holds a {type(content).__name__}, not a JSON object.")  # noqa: TRY004 (file content)
+        raise ValueError(f"The JSON sidecar {path} holds a {type(content).__name__}, not a JSON object.")
     return content
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-__all__ = ["DEFAULT_SPLIT_FRACTIONS", "subject_split", "split_fraction_of"]
+__all__ = ["DEFAULT_SPLIT_FRACTIONS", "split_fraction_of", "subject_split"]
 
 DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
