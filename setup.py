@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "evaluate>=0.4",
     "numpy>=1.26",
     "scipy>=1.11",
+    "scikit-learn>=1.3",
     "pandas>=2.0",
     "pyarrow>=15",
     "nibabel>=5.0",
@@ -28,7 +29,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # Reference implementations used only to check ours (tests) and to time ours against (bench/).
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "nilearn>=0.11"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "nilearn>=0.11", "networkx>=3.0"],
 }
 EXTRAS["dev"] = sorted(set(EXTRAS["test"]) | {"ruff"})
 
