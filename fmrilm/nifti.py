@@ -30,6 +30,7 @@ entities and their JSON sidecar merged along BIDS inheritance; :func:`read_parti
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -463,6 +464,13 @@ def _detrend_columns(values: np.ndarray) -> np.ndarray:
 
 
 def _butterworth_sos(tr: float, low_pass: float | None, high_pass: float | None) -> np.ndarray:
+    """Second-order sections of the Butterworth filter for these settings (designed once, copied out:
+    scipy's filter routines need a writable array)."""
+    return _design_butterworth(tr, low_pass, high_pass).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _design_butterworth(tr: float, low_pass: float | None, high_pass: float | None) -> np.ndarray:
     from scipy import signal
 
     nyquist = 0.5 / tr

@@ -6,6 +6,19 @@
     text = dx.describe(facts, seed=0)            # the descriptor paragraphs
 """
 
-from .facts import DescriptorFacts, FeatureFact, bin_for
+from .extractor import DescriptorExtractor, DescriptorSettings
+from .facts import FAMILIES, DescriptorFacts, FeatureFact, bin_for
+from .text import Mention, describe, describe_with_mentions, verify_text
 
-__all__ = ["DescriptorFacts", "FeatureFact", "bin_for"]
+__all__ = [
+    "FAMILIES",
+    "DescriptorExtractor",
+    "DescriptorFacts",
+    "DescriptorSettings",
+    "FeatureFact",
+    "Mention",
+    "bin_for",
+    "describe",
+    "describe_with_mentions",
+    "verify_text",
+]

@@ -36,6 +36,7 @@ __all__ = [
     "DescriptorFacts",
     "FeatureFact",
     "bin_for",
+    "feature_key",
     "round_z",
 ]
 
@@ -78,7 +79,7 @@ METRIC_UNITS: dict[str, str] = {
     "clustering": "Onnela weighted clustering",
     "strength": "sum of thresholded |FC|",
     "temporal_sd": "signal units (percent signal change for raw intensities)",
-    "alff": "signal units (percent signal change for raw intensities)",
+    "alff": "signal units / sqrt(Hz) (percent signal change / sqrt(Hz) for raw intensities)",
     "falff": "fraction",
     "band_power_ratio": "ratio",
     "lag1_autocorrelation": "correlation",
@@ -154,6 +155,16 @@ def bin_for(metric: str, z: float | None) -> str:
     return f"{level}_{'high' if z > 0 else 'low'}"
 
 
+def feature_key(metric: str, networks: Sequence[str] = (), component: int | None = None) -> str:
+    """The unique name of a feature: ``family/metric[/g<component>][/A|B]``."""
+    parts = [METRIC_FAMILY[metric], metric]
+    if component is not None:
+        parts.append(f"g{component}")
+    if networks:
+        parts.append("|".join(networks))
+    return "/".join(parts)
+
+
 @dataclass(frozen=True)
 class FeatureFact:
     """One feature of one scan.
@@ -194,12 +205,7 @@ class FeatureFact:
     @property
     def key(self) -> str:
         """A unique name such as ``"connectivity/fc/Default|Limbic"`` or ``"gradients/gradient_range/g1"``."""
-        parts = [self.family, self.metric]
-        if self.component is not None:
-            parts.append(f"g{self.component}")
-        if self.networks:
-            parts.append("|".join(self.networks))
-        return "/".join(parts)
+        return feature_key(self.metric, self.networks, self.component)
 
     def to_dict(self) -> dict:
         return {
