@@ -1,7 +1,7 @@
 """Tests of fmrilm/descriptors/graph.py against NetworkX (a test-only reference) and known answers.
 
 :func:`networkx_reference_graph_metrics` computes graph_metrics' dict the straightforward way with
-NetworkX; bench/bench_descriptors.py times it as the baseline.
+NetworkX (bench/descriptor_baseline.py has the benchmark's own NetworkX baseline).
 """
 
 from __future__ import annotations
