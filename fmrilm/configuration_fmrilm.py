@@ -10,6 +10,8 @@ remote code.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -22,12 +24,15 @@ _TOKENIZER_PRESETS: dict[str, dict] = {
     "tiny": dict(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-        codebook_size=64, codebook_dim=16,
+        codebook_size=64, codebook_dim=16, contrastive_dim=16, domain_hidden_size=16,
     ),
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }  # fmt: skip
+
+POOLINGS = ("mean", "cls", "attention")
+QUANTIZERS = ("vq", "fsq")
 
 
 @strict
@@ -54,7 +59,30 @@ class FmriTokenizerConfig(PreTrainedConfig):
         kmeans_init: initialise the codebook with k-means on the first batch.
         dead_code_steps: a code unused for this many training steps is re-seeded from recent encoder
             outputs (0 disables restarts).
-        layer_norm_eps, initializer_range, drop_path_rate: usual ViT settings.
+        layer_norm_eps, initializer_range: usual ViT settings.
+        drop_path_rate: stochastic depth of the last encoder/decoder layer (rising linearly from 0 at
+            the first layer).
+        attention_dropout, hidden_dropout: dropout on the attention weights and on the outputs of
+            the attention and MLP sub-layers (0 in the paper).
+        decoder_intermediate_size: MLP width of the decoder; ``None`` is 4x ``decoder_hidden_size``.
+        vq_chunk_size: rows per chunk when the VQ computes nearest codes (bounds its memory).
+        kmeans_iters: iterations of the codebook's k-means initialisation (0: random valid vectors).
+        pooling: how the encoder tokens become one scan vector for text alignment: ``"mean"`` over
+            real tokens, ``"cls"`` (adds a CLS token to the encoder) or ``"attention"`` (a learned
+            query attending to the tokens, as SigLIP's MAP head).
+        text_embedding_dim: width of the precomputed text embeddings the scans are aligned to;
+            ``None`` builds no contrastive head (no text alignment).
+        contrastive_dim: width of the shared fMRI/text space of the contrastive head.
+        init_logit_scale: initial **log** of the SigLIP logit scale (``log(10)``, as Zhai et al.
+            2023 and open_clip); the scale is learned as its log and used as ``exp(log_scale)``.
+        init_logit_bias: initial SigLIP logit bias (-10, learned).
+        max_logit_scale: the exponentiated logit scale is clamped to at most this value.
+        llm_embedding_dim: width of the language model's word embeddings that the domain-adversarial
+            term aligns the encoder tokens with; needed when ``domain_weight > 0``.
+        domain_hidden_size: hidden width of the domain classifier.
+        reconstruction_weight, contrastive_weight, domain_weight: loss weights. The total loss is
+            ``reconstruction_weight * reconstruction + commitment + contrastive_weight * contrastive
+            + domain_weight * domain``; ``domain_weight = 0`` builds no domain classifier.
 
     Example:
 
@@ -89,11 +117,28 @@ class FmriTokenizerConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     drop_path_rate: float = 0.0
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    decoder_intermediate_size: int | None = None
+    vq_chunk_size: int = 4096
+    kmeans_iters: int = 10
+    pooling: Literal["mean", "cls", "attention"] = "mean"
+    text_embedding_dim: int | None = None
+    contrastive_dim: int = 512
+    init_logit_scale: float = math.log(10.0)
+    init_logit_bias: float = -10.0
+    max_logit_scale: float = 100.0
+    llm_embedding_dim: int | None = None
+    domain_hidden_size: int = 256
+    reconstruction_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    domain_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         self.decoder_hidden_size = self.decoder_hidden_size or self.hidden_size
         self.decoder_num_hidden_layers = self.decoder_num_hidden_layers or self.num_hidden_layers
         self.decoder_num_attention_heads = self.decoder_num_attention_heads or self.num_attention_heads
+        self.decoder_intermediate_size = self.decoder_intermediate_size or 4 * self.decoder_hidden_size
         self.fsq_levels = list(self.fsq_levels)
         super().__post_init__(**kwargs)
 
@@ -120,15 +165,88 @@ class FmriTokenizerConfig(PreTrainedConfig):
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}.")
 
+    def validate_training_options(self):
+        """Refuse quantizer, pooling, dropout, text-alignment and loss settings that cannot work."""
+        for name in ("n_rois", "max_timepoints", "patch_size", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "intermediate_size", "decoder_hidden_size",
+                     "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size",
+                     "codebook_size", "codebook_dim", "vq_chunk_size", "contrastive_dim",
+                     "domain_hidden_size"):  # fmt: skip
+            _require_positive_int(self, name)
+        kmeans_iters = self.kmeans_iters
+        if isinstance(kmeans_iters, bool) or not isinstance(kmeans_iters, numbers.Integral) or kmeans_iters < 0:
+            raise ValueError(f"kmeans_iters must be a non-negative integer, got {self.kmeans_iters!r}.")
+        for name in ("text_embedding_dim", "llm_embedding_dim"):
+            if getattr(self, name) is not None:
+                _require_positive_int(self, name)
+        if isinstance(self.dead_code_steps, bool) or not isinstance(self.dead_code_steps, numbers.Integral) or self.dead_code_steps < 0:
+            raise ValueError(
+                f"dead_code_steps must be a non-negative integer (0 disables restarts), got {self.dead_code_steps!r}."
+            )
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}.")
+        if not self.fsq_levels or any(
+            isinstance(level, bool) or not isinstance(level, numbers.Integral) or level < 2 for level in self.fsq_levels
+        ):
+            raise ValueError(f"fsq_levels must be a non-empty list of integers >= 2, got {self.fsq_levels!r}.")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        for name in ("drop_path_rate", "attention_dropout", "hidden_dropout"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} is a probability and must lie in [0, 1), got {value!r}.")
+        for name in ("reconstruction_weight", "contrastive_weight", "domain_weight", "commitment_weight"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} is a loss weight and must be a finite number >= 0, got {value!r}.")
+        if not _is_real(self.max_logit_scale) or not math.isfinite(self.max_logit_scale) or self.max_logit_scale <= 0:
+            raise ValueError(f"max_logit_scale must be a finite positive number, got {self.max_logit_scale!r}.")
+        if not _is_real(self.init_logit_scale) or not -math.inf < self.init_logit_scale <= math.log(self.max_logit_scale):
+            raise ValueError(
+                f"init_logit_scale is the LOG of the initial logit scale and must be finite and at most "
+                f"log(max_logit_scale) = {math.log(self.max_logit_scale):.4g}, got {self.init_logit_scale!r} "
+                "(e.g. math.log(10) for a scale of 10)."
+            )
+        if not _is_real(self.init_logit_bias) or not math.isfinite(self.init_logit_bias):
+            raise ValueError(f"init_logit_bias must be a finite number, got {self.init_logit_bias!r}.")
+        if self.domain_weight > 0 and self.llm_embedding_dim is None:
+            raise ValueError(
+                f"domain_weight={self.domain_weight} turns on the domain-adversarial loss, which needs "
+                "llm_embedding_dim (the width of the language model's word embeddings, e.g. 768 for GPT-2); "
+                "set it, or set domain_weight=0."
+            )
+
     @property
     def num_time_patches(self) -> int:
         """Time patches per scan, ``max_timepoints // patch_size``."""
         return self.max_timepoints // self.patch_size
 
     @property
+    def num_codes(self) -> int:
+        """Distinct token ids: ``codebook_size`` for the VQ, the product of ``fsq_levels`` for FSQ."""
+        return math.prod(self.fsq_levels) if self.quantizer == "fsq" else self.codebook_size
+
+    @property
     def num_tokens(self) -> int:
         """Tokens per scan, ``n_rois * num_time_patches`` (time-major)."""
         return self.n_rois * self.num_time_patches
+
+    def to_dict(self) -> dict:
+        """Serialise to a dict, with ``auto_map`` entries written as plain class references.
+
+        transformers' ``custom_object_save`` treats every class whose name contains "Tokenizer" as a
+        text tokenizer and records it as a ``(slow, fast)`` pair, e.g. ``AutoModel:
+        ["modeling_fmri_tokenizer.FmriTokenizerModel", None]``, which ``AutoConfig`` and
+        ``AutoModel`` cannot load as remote code. Our classes are not text tokenizers, so each such
+        pair is written as its single reference.
+        """
+        output = super().to_dict()
+        auto_map = output.get("auto_map")
+        if isinstance(auto_map, dict):
+            output["auto_map"] = {
+                auto_class: _single_class_reference(reference) for auto_class, reference in auto_map.items()
+            }
+        return output
 
     @classmethod
     def preset(cls, name: str, **overrides) -> FmriTokenizerConfig:
@@ -136,3 +254,23 @@ class FmriTokenizerConfig(PreTrainedConfig):
         if name not in _TOKENIZER_PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose from {sorted(_TOKENIZER_PRESETS)}.")
         return cls(**{**_TOKENIZER_PRESETS[name], **overrides})
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _single_class_reference(reference):
+    """``"module.Class"`` from a ``("module.Class", None)`` pair; other references unchanged."""
+    if isinstance(reference, (list, tuple)) and len(reference) == 2 and reference[1] is None:
+        return reference[0]
+    return reference
+
+
+def _require_positive_int(config: FmriTokenizerConfig, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"FmriTokenizerConfig.{name} must be a positive integer, got {value!r}.")
+
+
+FmriTokenizerConfig.register_for_auto_class()
