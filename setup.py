@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "nibabel>=5.0",
     "h5py>=3.9",
     "tqdm>=4.66",
+    "pyyaml>=6.0",
 ]
 
 EXTRAS = {
@@ -43,7 +44,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fmrilm", "fmrilm.*"]),
     include_package_data=True,
-    package_data={"fmrilm": ["atlas_data/*.tsv", "model_cards/*.md"]},
+    package_data={"fmrilm": ["atlas_data/*.tsv", "model_cards/*.md", "training/configs/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["fmrilm=fmrilm.cli:main"]},

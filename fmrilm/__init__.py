@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import importlib
 
-from transformers import AutoConfig, AutoFeatureExtractor
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
 
 from .configuration_fmrilm import FmriTokenizerConfig
 from .feature_extraction_fmrilm import FmriFeatureExtractor
+from .modeling_fmri_tokenizer import FmriTokenizerModel, dann_alpha
+from .processing_fmrilm import FmriLMProcessor
 
 __version__ = "0.1.0.dev0"
 
 AutoConfig.register(FmriTokenizerConfig.model_type, FmriTokenizerConfig, exist_ok=True)
 AutoFeatureExtractor.register(FmriTokenizerConfig, FmriFeatureExtractor, exist_ok=True)
+AutoModel.register(FmriTokenizerConfig, FmriTokenizerModel, exist_ok=True)
+AutoProcessor.register(FmriTokenizerConfig, FmriLMProcessor, exist_ok=True)
 
 _LAZY_ATTRIBUTES = {
     "AtlasSpec": "atlases",
@@ -40,8 +44,11 @@ def __getattr__(name: str):
 
 __all__ = [  # noqa: RUF022  (eager names first, then the lazy ones)
     "FmriFeatureExtractor",
+    "FmriLMProcessor",
     "FmriTokenizerConfig",
+    "FmriTokenizerModel",
     "__version__",
+    "dann_alpha",
     "AtlasSpec",
     "aal2",
     "load_atlas",

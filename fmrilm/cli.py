@@ -4,6 +4,8 @@
     fmrilm dataset build NAME ... --out DIR [--push-to-hub REPO]
     fmrilm dataset info DIR
     fmrilm describe DATASET --reference DIR --out DIR [--fit]
+    fmrilm tokenize DATASET --processor DIR --out DIR
+    fmrilm train tokenizer --config CONFIG.yaml [key=value ...]
     fmrilm demo [--out DIR]
 """
 
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .datasets_scripts.cli import add_dataset_commands
     from .demo import add_demo_command
     from .descriptors.cli import add_describe_command
+    from .pretokenize import add_tokenize_command
+    from .training.cli import add_train_command
 
     parser = argparse.ArgumentParser(prog="fmrilm", description="fMRI-LM: language-aligned fMRI foundation model.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dataset_commands(commands)
     add_describe_command(commands)
+    add_tokenize_command(commands)
+    add_train_command(commands)
     add_demo_command(commands)
     return parser
 

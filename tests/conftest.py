@@ -8,6 +8,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import pytest
+import torch
+
+# Tests use tiny models: one intra-op thread per pytest-xdist worker avoids oversubscribing the cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +36,15 @@ def aal2_atlas_files():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """A test that builds its own Accelerator starts and ends without accelerate's process-wide singletons."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

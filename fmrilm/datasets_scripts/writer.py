@@ -28,6 +28,7 @@ __all__ = [
     "WrittenDataset",
     "build_info",
     "check_output_folder",
+    "derived_build_result",
     "push_dataset_folder",
     "shard_bounds",
     "write_dataset",
@@ -261,3 +262,42 @@ def push_dataset_folder(
         commit_message=commit_message or "Upload dataset built with fmri-lm",
     )
     return str(getattr(commit, "commit_url", commit))
+
+
+def derived_build_result(
+    dataset, source_folder: str | Path, *, note: str, options: dict[str, object] | None = None
+) -> BuildResult:
+    """A :class:`BuildResult` for ``dataset``, derived from the dataset folder ``source_folder``.
+
+    Commands that add columns to an existing dataset (``fmrilm describe``, ``fmrilm tokenize``) use
+    this so the written folder keeps the source's provenance, skipped inputs and split seed (from its
+    ``build_info.json``), plus ``note`` in the card and ``options`` merged into the provenance
+    options. Without a ``build_info.json`` the provenance says only where the data were read from.
+    """
+    from dataclasses import replace
+
+    from .common import Provenance, SkippedInput
+
+    info_path = Path(source_folder) / BUILD_INFO_FILE
+    if info_path.exists():
+        source = json.loads(info_path.read_text(encoding="utf-8"))
+        provenance = Provenance(**{**source["provenance"], "options": source.get("options", {})})
+        skipped = [SkippedInput(**item) for item in source.get("skipped", [])]
+        n_inputs, seed = int(source["n_inputs"]), int(source.get("seed", 0))
+    else:
+        columns = set.intersection(*(set(split.column_names) for split in dataset.values()))
+        atlases = sorted({a for split in dataset.values() for a in split.unique("atlas")}) if "atlas" in columns else []
+        provenance = Provenance(
+            builder="unknown",
+            source=f"Read from {source_folder} (no build_info.json).",
+            license="other",
+            terms="Unknown: see the source dataset.",
+            atlas=", ".join(atlases) or "unknown",
+            tr_source="as stored in the source dataset",
+            synthetic="synthetic" in columns and all(all(split["synthetic"]) for split in dataset.values()),
+            options={},
+        )
+        skipped, seed = [], 0
+        n_inputs = sum(split.num_rows for split in dataset.values())
+    provenance = replace(provenance, notes=[*provenance.notes, note], options={**provenance.options, **(options or {})})
+    return BuildResult(dataset, skipped, provenance, n_inputs, seed)

@@ -9,9 +9,7 @@ plus a note saying which reference cohort the z-scores are relative to.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,35 +119,12 @@ def write_described_dataset(
     provenance, the skipped inputs and the split seed; without one, the provenance says only where
     the data were read from.
     """
-    from ..datasets_scripts.common import BuildResult, Provenance, SkippedInput
-    from ..datasets_scripts.writer import write_dataset
+    from ..datasets_scripts.writer import derived_build_result, write_dataset
 
-    info_path = Path(source_folder) / "build_info.json"
     reference = extractor.reference
     note = (
         f"Columns `{TEXT_COLUMN}` and `{FACTS_COLUMN}` were added by `fmrilm describe`: imaging features (FC, "
         f"gradients, graph metrics, temporal dynamics, group ICA) z-scored against a reference cohort of "
         f"{reference.n_scans} scans ({reference.description or 'no description'}), atlas {extractor.atlas.name}."
     )
-    if info_path.exists():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        provenance = Provenance(**{**info["provenance"], "options": info.get("options", {})})
-        skipped = [SkippedInput(**item) for item in info.get("skipped", [])]
-        n_inputs, seed = int(info["n_inputs"]), int(info.get("seed", 0))
-    else:
-        atlases = sorted({a for split in described.values() for a in split.unique("atlas")})
-        provenance = Provenance(
-            builder="unknown",
-            source=f"Read from {source_folder} (no build_info.json).",
-            license="other",
-            terms="Unknown: see the source dataset.",
-            atlas=", ".join(atlases),
-            tr_source="as stored in the source dataset",
-            synthetic=all(all(split["synthetic"]) for split in described.values()),
-            options={},
-        )
-        skipped, seed = [], 0
-        n_inputs = sum(split.num_rows for split in described.values())
-    provenance = replace(provenance, notes=[*provenance.notes, note])
-    result = BuildResult(described, skipped, provenance, n_inputs, seed)
-    return write_dataset(result, out_dir, overwrite=overwrite)
+    return write_dataset(derived_build_result(described, source_folder, note=note), out_dir, overwrite=overwrite)
