@@ -62,6 +62,23 @@ class BenchResult:
         )
 
 
+@dataclass
+class QualityResult:
+    """One line of the quality table: a measured figure (not a time), e.g. R^2 after a fixed budget."""
+
+    benchmark: str
+    case: str
+    metric: str
+    value: float
+    budget: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"{self.benchmark:<22} {self.case:<50} {self.metric:<24} {self.value:10.4f}   ({self.budget})"
+
+
 def machine_description() -> dict:
     """What the figures were measured on."""
     import numpy

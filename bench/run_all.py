@@ -1,9 +1,14 @@
 """Run every benchmark in bench/ and write bench/results.json and bench/results.md.
 
-Each module ``bench/bench_*.py`` exposes ``run(quick: bool = False) -> list[BenchResult]``. Every figure
-is a ratio against a baseline measured in the same run on the same machine (described in the output).
+Each module ``bench/bench_*.py`` exposes ``run(quick: bool = False) -> list[BenchResult]``: every
+figure is a ratio against a baseline measured in the same run on the same machine (described in the
+output). Each module ``bench/quality_*.py`` exposes ``run(quick) -> list[QualityResult]``: figures of
+merit (e.g. R^2 after a fixed training budget), reported in a second table.
 
     python bench/run_all.py [--quick] [--only NAME ...]
+
+With ``--only``, the other modules' rows of an existing results.json are kept, so one benchmark can
+be refreshed without rerunning all of them.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ def _load(path: Path):
     return module
 
 
-def _markdown(machine: dict, rows: list[dict], failures: dict[str, str]) -> str:
+def _markdown(machine: dict, rows: list[dict], quality: list[dict], failures: dict[str, str]) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -49,6 +54,17 @@ def _markdown(machine: dict, rows: list[dict], failures: dict[str, str]) -> str:
             f"| {row['benchmark']} | {row['case']} | {row['ours']} | {row['baseline']} | "
             f"{row['ours_seconds'] * 1e3:.1f} | {row['baseline_seconds'] * 1e3:.1f} | {row['ratio']:.2f}x | {target} |"
         )
+    if quality:
+        lines += [
+            "",
+            "Quality figures (not times):",
+            "",
+            "| benchmark | case | metric | value | budget |",
+            "|---|---|---|---:|---|",
+        ]
+        lines += [
+            f"| {q['benchmark']} | {q['case']} | {q['metric']} | {q['value']:.4f} | {q['budget']} |" for q in quality
+        ]
     for name, error in failures.items():
         lines.append(f"\n**{name} failed:**\n```\n{error}\n```")
     return "\n".join(lines) + "\n"
@@ -62,22 +78,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     machine = {**machine_description(), "date": datetime.date.today().isoformat()}
-    rows: list[dict] = []
+    modules = sorted([*HERE.glob("bench_*.py"), *HERE.glob("quality_*.py")])
+    selected = [path for path in modules if not args.only or path.stem in args.only]
+    results_file = args.out / "results.json"
+    kept = {"results": [], "quality": []}
+    if args.only and results_file.exists():
+        previous = json.loads(results_file.read_text())
+        kept = {
+            key: [row for row in previous.get(key, []) if row.get("module") not in args.only] for key in kept
+        }
+    rows: list[dict] = list(kept["results"])
+    quality: list[dict] = list(kept["quality"])
     failures: dict[str, str] = {}
-    for path in sorted(HERE.glob("bench_*.py")):
-        if args.only and path.stem not in args.only:
-            continue
+    for path in selected:
         print(f"== {path.stem}", flush=True)
         try:
             for result in _load(path).run(quick=args.quick):
                 print(result.line(), flush=True)
-                rows.append(result.to_dict())
+                target = quality if path.stem.startswith("quality_") else rows
+                target.append({**result.to_dict(), "module": path.stem})
         except Exception:  # one failing benchmark must not hide the others' figures
             failures[path.stem] = traceback.format_exc()
             print(failures[path.stem], file=sys.stderr)
+    rows.sort(key=lambda row: row.get("module", ""))
+    quality.sort(key=lambda row: row.get("module", ""))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "results": rows, "failures": failures}, indent=2))
-    (args.out / "results.md").write_text(_markdown(machine, rows, failures))
+    results_file.write_text(
+        json.dumps({"machine": machine, "results": rows, "quality": quality, "failures": failures}, indent=2)
+    )
+    (args.out / "results.md").write_text(_markdown(machine, rows, quality, failures))
     print(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
     return 1 if failures else 0
 
