@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "h5py>=3.9",
     "tqdm>=4.66",
     "pyyaml>=6.0",
+    "rouge-score>=0.1.2",
+    "sacrebleu>=2.4",
 ]
 
 EXTRAS = {
