@@ -23,6 +23,16 @@ the way transformers 5 references an ``audio_tokenizer``. ``from_pretrained`` (a
 ``AutoProcessor.from_pretrained`` once the package registers the class) restores all three parts;
 ``"tokenizer": null`` in the same file records that no text tokenizer was saved.
 
+Text and fMRI together (stage 2). ``processor.add_fmri_special_tokens()`` adds ``<fmri>``,
+``<fmri_start>`` and ``<fmri_end>`` to the text tokenizer as special tokens (never split, never
+merged, hidden by ``decode(..., skip_special_tokens=True)``). Then each ``<fmri>`` marker in a text
+stands for one scan: ``processor(text="<fmri> Describe the scan.", fmri=scans, tr=tr)`` (or
+``fmri_codes=`` pre-tokenized codes) tokenizes the text, and replaces every marker *id* by
+``<fmri_start>`` + N x ``<fmri>`` + ``<fmri_end>`` (N = :attr:`FmriLMProcessor.num_fmri_tokens`),
+so no text merge can touch the placeholders; the model later swaps the N placeholder embeddings of
+each block for the embeddings of one row of ``fmri_codes``. ``text_target`` appends an answer or
+descriptor whose tokens (and EOS) are the only labelled ones (SPEC B8).
+
 This module imports only torch, numpy, transformers and its siblings, relatively, so
 ``save_pretrained`` can ship it as remote code (``trust_remote_code=True``).
 """
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +54,36 @@ from transformers.utils import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE, PROCESSOR_
 from .feature_extraction_fmrilm import FmriFeatureExtractor
 from .modeling_fmri_tokenizer import FmriTokenizerModel
 
-__all__ = ["FMRI_TOKENIZER_FOLDER", "PAD_CODE", "FmriLMProcessor"]
+__all__ = [
+    "FMRI_END_TOKEN",
+    "FMRI_START_TOKEN",
+    "FMRI_TOKEN",
+    "FMRI_TOKENIZER_FOLDER",
+    "IGNORE_INDEX",
+    "PAD_CODE",
+    "FmriLMProcessor",
+]
 
 #: Subfolder of a saved processor that holds the fMRI tokenizer model.
 FMRI_TOKENIZER_FOLDER = "fmri_tokenizer"
 #: Code of a token whose time patch is padding.
 PAD_CODE = -1
+#: The marker a text uses for one scan; after expansion, also each of the scan's N placeholders.
+FMRI_TOKEN = "<fmri>"
+#: Opens the block of a scan's N placeholders.
+FMRI_START_TOKEN = "<fmri_start>"
+#: Closes the block of a scan's N placeholders.
+FMRI_END_TOKEN = "<fmri_end>"
+#: Label of the tokens that no loss reads (prompt, fMRI blocks, padding), as torch's cross-entropy expects.
+IGNORE_INDEX = -100
+#: ``add_fmri_special_tokens()`` keys (the ``FmriLMConfig`` fields) and their tokens.
+_FMRI_SPECIAL_TOKENS = {
+    "fmri_token_id": FMRI_TOKEN,
+    "fmri_start_token_id": FMRI_START_TOKEN,
+    "fmri_end_token_id": FMRI_END_TOKEN,
+}
+_PADDING_STRATEGIES = {True: "longest", "longest": "longest", False: "do_not_pad", "do_not_pad": "do_not_pad",
+                       "max_length": "max_length"}  # fmt: skip
 #: Settings the feature extractor and the fMRI tokenizer must share.
 _SHARED_SETTINGS = ("n_rois", "max_timepoints", "patch_size")
 #: ``from_pretrained`` arguments that locate files; they also apply to the fMRI tokenizer's subfolder.
@@ -85,6 +120,24 @@ class FmriLMProcessor(ProcessorMixin):
     >>> processor.decode_fmri(codes).shape  # normalised signal (scans, time, rois)
     torch.Size([2, 32, 94])
     >>> processor.save_pretrained("my-processor")  # the model goes to my-processor/fmri_tokenizer/
+    ```
+
+    Stage 2, with the language model's tokenizer (``FmriLMForCausalLM.from_text_model`` calls
+    ``add_fmri_special_tokens`` itself):
+
+    ```python
+    >>> from transformers import AutoTokenizer
+    >>> processor = FmriLMProcessor(processor.feature_extractor, AutoTokenizer.from_pretrained("gpt2"),
+    ...                             processor.fmri_tokenizer)
+    >>> processor.add_fmri_special_tokens()
+    {'fmri_token_id': 50257, 'fmri_start_token_id': 50258, 'fmri_end_token_id': 50259}
+    >>> processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    >>> inputs = processor(text=["<fmri> Describe the scan.", "Compare <fmri> and <fmri>."],
+    ...                    fmri_codes=codes[[0, 1, 0]], text_target=[" Modularity is high.", " Yes."])
+    >>> inputs["fmri_codes"].shape  # one row per marker, in reading order
+    torch.Size([3, 376])
+    >>> sorted(inputs)
+    ['attention_mask', 'fmri_codes', 'input_ids', 'labels']
     ```
     """
 
@@ -232,31 +285,16 @@ class FmriLMProcessor(ProcessorMixin):
     def decode_fmri(self, codes: Any, *, batch_size: int = 32) -> torch.Tensor:
         """fMRI token codes (B, N) -> reconstructed normalised signal (B, T, R) float32 on the CPU.
 
-        Codes may be any integer tensor or array (e.g. the int16 ``fmri_codes`` column). Time patches
+        Codes may be any integer tensor or array (e.g. the int16 ``fmri_codes`` column) with values in
+        ``[0, num_codes)`` or :data:`PAD_CODE`. Time patches
         whose codes are all :data:`PAD_CODE` are treated as padding (left out as attention keys, as
         in ``tokenize_fmri``) and come back as zeros.
         """
         model = self._require_fmri_tokenizer("decode_fmri")
         batch_size = _positive_int(batch_size, "batch_size")
-        codes = _as_code_tensor(codes)
+        codes = self._validated_codes(codes)
         config = model.config
-        if codes.ndim != 2 or codes.shape[1] != config.num_tokens:
-            raise ValueError(
-                f"codes must be shaped (batch, num_tokens) = (B, {config.num_tokens}) ({config.num_time_patches} time "
-                f"patches x {config.n_rois} ROIs, time-major), got {tuple(codes.shape)}."
-            )
-        if codes.numel() and int(codes.min()) < PAD_CODE:
-            raise ValueError(
-                f"codes must be token codes >= 0, or PAD_CODE ({PAD_CODE}) for padding; got {int(codes.min())}."
-            )
         padded = (codes == PAD_CODE).view(codes.shape[0], config.num_time_patches, config.n_rois)
-        partly = (padded.any(dim=2) & ~padded.all(dim=2)).nonzero()
-        if partly.numel():
-            scan, patch = partly[0].tolist()
-            raise ValueError(
-                f"Scan {scan}, time patch {patch} has PAD_CODE ({PAD_CODE}) for some ROIs but not all: a time patch is "
-                "padding for every ROI or for none. These codes were not produced by tokenize_fmri."
-            )
         time_mask = (~padded[:, :, 0]).repeat_interleave(config.patch_size, dim=1).long()
         outputs = []
         with torch.inference_mode():
@@ -274,32 +312,414 @@ class FmriLMProcessor(ProcessorMixin):
                 outputs.append(signal * batch_mask[:, :, None] if has_padding else signal)
         return torch.cat(outputs) if outputs else torch.zeros((0, config.max_timepoints, config.n_rois))
 
-    def __call__(self, fmri: Any = None, text: Any = None, tr: Any = None, **text_kwargs: Any) -> BatchFeature:
-        """Model inputs for fMRI and/or text (no fMRI codes: use :meth:`tokenize_fmri` for those).
+    # ---- text + fMRI (stage 2) --------------------------------------------------------------------
 
-        ``fmri`` (raw scans, with ``tr``) -> the feature extractor's ``fmri_values`` (B, T, R) and
-        ``fmri_mask`` (B, T) as torch tensors; ``text`` -> the text tokenizer's outputs
-        (``text_kwargs`` such as ``padding`` and ``return_tensors`` go to it). Both -> one
-        BatchFeature with all keys. Expanding ``<fmri>`` placeholders in text into fMRI tokens is
-        stage-2 work (issue 5) and not done here.
+    @property
+    def num_fmri_tokens(self) -> int:
+        """N, the placeholders (and codes) per scan: ``num_time_patches * n_rois``, time-major."""
+        if self.fmri_tokenizer is not None:
+            return int(self.fmri_tokenizer.config.num_tokens)
+        extractor = self.feature_extractor
+        return int(extractor.n_rois * (extractor.max_timepoints // extractor.patch_size))
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The feature extractor's and the text tokenizer's input names, then ``fmri_codes``."""
+        return [*super().model_input_names, "fmri_codes"]
+
+    def _require_text_tokenizer(self, caller: str) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise ValueError(
+                f"{caller} needs a text tokenizer, but this processor has no text tokenizer (stage 1); build it with "
+                "FmriLMProcessor(feature_extractor, tokenizer=AutoTokenizer.from_pretrained(LM), fmri_tokenizer) "
+                "with the tokenizer of the language model."
+            )
+        return self.tokenizer
+
+    def add_fmri_special_tokens(self) -> dict[str, int]:
+        """Add ``<fmri>``, ``<fmri_start>`` and ``<fmri_end>`` to the text tokenizer as special tokens.
+
+        They become added tokens, so the tokenizer never splits them nor merges them with their
+        neighbours, ``decode(..., skip_special_tokens=True)`` drops them, and they are saved and
+        loaded with the tokenizer. Tokens the tokenizer already has as special tokens are kept (a
+        second call changes nothing). A token that is a plain vocabulary word keeps its id and becomes
+        special. The language model's embeddings must then be resized to ``len(processor.tokenizer)``
+        (``FmriLMForCausalLM.from_text_model`` does this).
+
+        Returns:
+            ``{"fmri_token_id": ..., "fmri_start_token_id": ..., "fmri_end_token_id": ...}`` (the
+            ``FmriLMConfig`` fields).
         """
-        if fmri is None and text is None:
-            raise ValueError("Pass fmri (raw scans, with tr) and/or text.")
-        data: dict[str, Any] = {}
-        if fmri is not None:
-            data.update(self.extract_features(fmri, tr))
-        elif tr is not None:
-            raise ValueError("tr was given without fmri; pass the scans too.")
-        if text is not None:
-            if self.tokenizer is None:
+        tokenizer = self._require_text_tokenizer("add_fmri_special_tokens")
+        special = set(tokenizer.all_special_tokens)
+        missing = [token for token in _FMRI_SPECIAL_TOKENS.values() if token not in special]
+        if missing:
+            tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+        return self._fmri_special_token_ids()
+
+    def _fmri_special_token_ids(self) -> dict[str, int]:
+        """The ids of the three fMRI special tokens; ValueError if the tokenizer does not have them."""
+        tokenizer = self._require_text_tokenizer("Expanding '<fmri>' markers")
+        special = set(tokenizer.all_special_tokens)
+        missing = [token for token in _FMRI_SPECIAL_TOKENS.values() if token not in special]
+        if missing:
+            raise ValueError(
+                f"The text tokenizer has no special token(s) {missing}, so '{FMRI_TOKEN}' would be split into text "
+                "pieces. Call processor.add_fmri_special_tokens() once (FmriLMForCausalLM.from_text_model does it) and "
+                "resize the language model's embeddings to len(processor.tokenizer)."
+            )
+        return {name: int(tokenizer.convert_tokens_to_ids(token)) for name, token in _FMRI_SPECIAL_TOKENS.items()}
+
+    def __call__(
+        self,
+        fmri: Any = None,
+        text: str | list[str] | None = None,
+        tr: Any = None,
+        *,
+        fmri_codes: Any = None,
+        text_target: str | list[str] | None = None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        padding_side: str | None = None,
+        truncation: bool | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        add_special_tokens: bool = True,
+        add_eos: bool = True,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Language-model inputs from texts with ``<fmri>`` markers and one scan per marker.
+
+        Each text is tokenized (with the tokenizer's own special tokens, e.g. BOS, when
+        ``add_special_tokens``), then each ``<fmri>`` marker id is replaced by ``<fmri_start>``, N
+        ``<fmri>`` placeholders and ``<fmri_end>`` (N = :attr:`num_fmri_tokens`). Row ``s`` of
+        ``fmri_codes`` belongs to the ``s``-th marker in reading order over the whole batch (text 0's
+        markers first, left to right, then text 1's ...). Texts without markers and no scans give plain
+        tokenization (text-only T2T batches). Without ``text``, ``fmri`` (with ``tr``) gives the feature
+        extractor's ``fmri_values`` (B, T, R) and ``fmri_mask`` (B, T) (stage 1).
+
+        Args:
+            fmri: raw scans, one per marker: a (time, rois) array or a list of them (or the feature
+                extractor's output); they go through :meth:`tokenize_fmri`. Not with ``fmri_codes``.
+            text: a string or a list of strings. Write only ``<fmri>``; the delimiters are added here.
+            tr: repetition time in seconds of the raw scans, one or one per scan.
+            fmri_codes: pre-tokenized codes, one row per marker: (S, N) integers as a tensor, an array,
+                a list of lists or the int16 ``fmri_codes`` column (one (N,) row is taken as S = 1).
+                :data:`PAD_CODE` (-1) marks padded time patches (whole patches only).
+            text_target: one answer/descriptor per text, appended right after the text (after its fMRI
+                blocks) and tokenized on its own without special tokens: no space is inserted, so
+                end the prompt or start the target with one if the language model writes words with a
+                leading space (byte-level BPE). Its tokens, then EOS (when ``add_eos``), are the only
+                tokens labelled; ``labels`` is :data:`IGNORE_INDEX` (-100) on the prompt, the fMRI
+                blocks and the padding.
+            return_tensors: ``"pt"`` (default), ``"np"`` or ``None`` (lists).
+            padding: ``True``/``"longest"``, ``"max_length"`` (needs ``max_length``) or
+                ``False``/``"do_not_pad"`` (then rows of different lengths need ``return_tensors=None``).
+            padding_side: ``"left"`` or ``"right"``; default the tokenizer's ``padding_side``.
+            truncation: cut rows longer than ``max_length`` on the tokenizer's ``truncation_side``.
+                ``None`` (default) means ``True`` when ``max_length`` is given. Truncation never cuts
+                an fMRI block, nor (with ``text_target``) the prompt on the right or the target on the
+                left: a ``max_length`` too short for them is a ValueError. With ``max_length`` and
+                ``truncation=False`` a longer row is a ValueError too.
+            max_length: the longest row allowed (tokens), and the padded length for ``"max_length"``.
+            pad_to_multiple_of: round the padded length up to a multiple of this.
+            add_special_tokens: let the tokenizer add its special tokens (e.g. BOS) to each text.
+            add_eos: end each target with the tokenizer's EOS token (labelled). Texts without a target
+                never get an EOS here (they may be generation prompts).
+
+        Returns:
+            BatchFeature with ``input_ids`` and ``attention_mask`` (B, L) int64, ``fmri_codes``
+            (S, N) int64 when the texts have markers, and ``labels`` (B, L) int64 with
+            ``text_target``.
+
+        Raises:
+            ValueError: markers and scans differ in number (both counts are given); scans without
+                markers or markers without scans; ``<fmri_start>``/``<fmri_end>`` written in a text;
+                the tokenizer lacks the fMRI special tokens; invalid codes; ``max_length`` too short.
+        """
+        if kwargs:
+            raise ValueError(
+                f"Unknown option(s) {sorted(kwargs)} for FmriLMProcessor.__call__; it takes fmri, text, tr, fmri_codes, "
+                "text_target, return_tensors, padding, padding_side, truncation, max_length, pad_to_multiple_of, "
+                "add_special_tokens and add_eos."
+            )
+        if isinstance(fmri, str) or (isinstance(fmri, (list, tuple)) and fmri and isinstance(fmri[0], str)):
+            raise ValueError(
+                "fmri got text: the first positional argument is the scans. Pass text by keyword: "
+                "processor(text='<fmri> ...', fmri=scans, tr=tr) or processor(text=..., fmri_codes=codes)."
+            )
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None (lists), got {return_tensors!r}.")
+        if text is None:
+            features = self._features_without_text(
+                fmri, tr, fmri_codes=fmri_codes, text_target=text_target, padding_side=padding_side,
+                truncation=truncation, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of,
+            )  # fmt: skip
+            if return_tensors == "pt":
+                return features
+            convert = torch.Tensor.numpy if return_tensors == "np" else torch.Tensor.tolist
+            return BatchFeature(data={key: convert(value) for key, value in features.items()})
+        tokenizer = self._require_text_tokenizer("processor(text=...)")
+        texts = _as_text_list(text, "text")
+        targets = None
+        if text_target is not None:
+            targets = _as_text_list(text_target, "text_target")
+            if len(targets) != len(texts):
                 raise ValueError(
-                    "This processor has no text tokenizer (stage 1); build it with tokenizer=AutoTokenizer.from_pretrained(...) "
-                    "to process text."
+                    f"text_target must hold one target per text: got {len(texts)} text(s) and {len(targets)} target(s)."
                 )
-            data.update(self.tokenizer(text, **text_kwargs))
-        elif text_kwargs:
-            raise ValueError(f"Text options {sorted(text_kwargs)} were given without text.")
-        return BatchFeature(data=data)
+        marker_counts = _marker_counts(texts, targets)
+        codes = self._codes_for_markers(fmri, tr, fmri_codes, marker_counts)
+        special_ids = self._fmri_special_token_ids() if codes is not None else None
+        max_length = None if max_length is None else _positive_int(max_length, "max_length")
+        truncation = _truncation_flag(truncation, max_length)
+        padding_side = _side(tokenizer.padding_side if padding_side is None else padding_side, "padding_side")
+
+        sequences = self._token_sequences(texts, targets, special_ids, add_special_tokens, add_eos)
+        if max_length is not None:
+            sequences = [
+                _fit_to_max_length(sequence, max_length, truncation, tokenizer.truncation_side, index)
+                for index, sequence in enumerate(sequences)
+            ]
+        data = _pad_sequences(
+            sequences,
+            with_labels=targets is not None,
+            pad_token_id=tokenizer.pad_token_id,
+            padding=padding,
+            padding_side=padding_side,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            tensors=return_tensors is not None,
+        )
+        if codes is not None:
+            data["fmri_codes"] = codes.numpy() if return_tensors is not None else codes.tolist()
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _features_without_text(self, fmri: Any, tr: Any, **text_options: Any) -> BatchFeature:
+        """Stage-1 behaviour of ``__call__`` without text: the feature extractor's outputs."""
+        if text_options.pop("fmri_codes") is not None:
+            raise ValueError(
+                f"fmri_codes were given without text: codes enter the language model through '{FMRI_TOKEN}' markers, "
+                f"so pass text='{FMRI_TOKEN} ...' with one marker per row of codes."
+            )
+        given = sorted(name for name, value in text_options.items() if value is not None)
+        if given:
+            raise ValueError(f"Text options {given} were given without text; pass text=... too.")
+        if fmri is None:
+            if tr is not None:
+                raise ValueError("tr was given without fmri; pass the scans too.")
+            raise ValueError("Pass fmri (raw scans, with tr) and/or text.")
+        return self.extract_features(fmri, tr)
+
+    def _codes_for_markers(self, fmri: Any, tr: Any, fmri_codes: Any, marker_counts: list[int]) -> torch.Tensor | None:
+        """(S, N) int64 codes, one row per marker, from raw scans or pre-tokenized codes; None without markers."""
+        if fmri is not None and fmri_codes is not None:
+            raise ValueError("Pass either fmri (raw scans, with tr) or fmri_codes (pre-tokenized), not both.")
+        if fmri_codes is not None and tr is not None:
+            raise ValueError("tr applies to raw scans only, but fmri_codes were given; drop tr.")
+        if fmri is None and tr is not None:
+            raise ValueError("tr was given without fmri; pass the scans too.")
+        n_markers = sum(marker_counts)
+        if fmri is None and fmri_codes is None:
+            if n_markers:
+                raise _count_mismatch(marker_counts, 0, "scans (fmri or fmri_codes)")
+            return None
+        if fmri is not None:
+            features = self.extract_features(fmri, tr)
+            if "scan_index" in features:
+                raise ValueError(
+                    "The feature extractor cuts sliding windows (crop_strategy='sliding'), which gives several code rows "
+                    "per scan, so scans cannot be matched to markers. Use crop_strategy 'start' or 'center', or call "
+                    "tokenize_fmri yourself and pass the rows you want as fmri_codes."
+                )
+            if features["fmri_values"].shape[0] != n_markers:
+                raise _count_mismatch(marker_counts, int(features["fmri_values"].shape[0]), "scans (fmri)")
+            return self.tokenize_fmri(features)
+        codes = self._validated_codes(fmri_codes, allow_single_row=True)
+        if codes.shape[0] != n_markers:
+            raise _count_mismatch(marker_counts, int(codes.shape[0]), "rows of fmri_codes")
+        return codes
+
+    def _validated_codes(self, codes: Any, *, allow_single_row: bool = False) -> torch.Tensor:
+        """Codes as a CPU int64 tensor (S, N), checked: shape, integer type, range, padding by whole patches."""
+        codes = _as_code_tensor(codes)
+        n_tokens = self.num_fmri_tokens
+        n_rois = int(self.feature_extractor.n_rois)
+        if allow_single_row and codes.ndim == 1 and codes.shape[0] == n_tokens:
+            codes = codes[None]
+        if codes.ndim != 2 or codes.shape[1] != n_tokens:
+            raise ValueError(
+                f"codes must be shaped (batch, num_tokens) = (B, {n_tokens}) ({n_tokens // n_rois} time patches x "
+                f"{n_rois} ROIs, time-major), got {tuple(codes.shape)}."
+            )
+        if codes.numel() and int(codes.min()) < PAD_CODE:
+            raise ValueError(
+                f"codes must be token codes >= 0, or PAD_CODE ({PAD_CODE}) for padding; got {int(codes.min())}."
+            )
+        if self.fmri_tokenizer is not None and codes.numel():
+            num_codes = int(self.fmri_tokenizer.config.num_codes)
+            if int(codes.max()) >= num_codes:
+                raise ValueError(
+                    f"codes must lie in [0, {num_codes}) for this fMRI tokenizer (or be PAD_CODE), got values up to "
+                    f"{int(codes.max())}; were they produced by another tokenizer?"
+                )
+        padded = (codes == PAD_CODE).view(codes.shape[0], n_tokens // n_rois, n_rois)
+        partly = (padded.any(dim=2) & ~padded.all(dim=2)).nonzero()
+        if partly.numel():
+            scan, patch = partly[0].tolist()
+            raise ValueError(
+                f"Scan {scan}, time patch {patch} has PAD_CODE ({PAD_CODE}) for some ROIs but not all: a time patch is "
+                "padding for every ROI or for none. These codes were not produced by tokenize_fmri."
+            )
+        return codes
+
+    def _token_sequences(
+        self,
+        texts: list[str],
+        targets: list[str] | None,
+        special_ids: dict[str, int] | None,
+        add_special_tokens: bool,
+        add_eos: bool,
+    ) -> list[_TokenSequence]:
+        """Token ids (markers expanded), labels and protected spans of each text (+ target), unpadded."""
+        tokenizer = self.tokenizer
+        prompt_ids = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+        target_ids = None
+        if targets is not None:
+            target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+            if add_eos and tokenizer.eos_token_id is None:
+                raise ValueError(
+                    "add_eos=True needs the tokenizer's eos_token, which is not set; set tokenizer.eos_token or pass "
+                    "add_eos=False."
+                )
+        sequences = []
+        for index, ids in enumerate(prompt_ids):
+            ids = np.asarray(ids, dtype=np.int64)
+            block_starts = np.zeros(0, dtype=np.int64)
+            if special_ids is not None:
+                ids, block_starts = _expand_markers(ids, special_ids, self.num_fmri_tokens, texts[index], index)
+            prompt_length = len(ids)
+            labels = None
+            if target_ids is not None:
+                target = np.asarray(target_ids[index], dtype=np.int64)
+                if add_eos:
+                    target = np.append(target, np.int64(tokenizer.eos_token_id))
+                ids = np.concatenate([ids, target])
+                labels = np.concatenate([np.full(prompt_length, IGNORE_INDEX, dtype=np.int64), target])
+            if len(ids) == 0:
+                raise ValueError(
+                    f"Text {index} gives no tokens at all (an empty text without special tokens or target); a "
+                    "language model needs at least one token per row."
+                )
+            sequences.append(
+                _TokenSequence(ids, labels, block_starts, self.num_fmri_tokens + 2, prompt_length, targets is not None)
+            )
+        return sequences
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        chat_template: str | None = None,
+        *,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = True,
+        fmri: Any = None,
+        tr: Any = None,
+        fmri_codes: Any = None,
+        text_target: str | list[str] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        **template_kwargs: Any,
+    ) -> str | list[str] | BatchFeature | torch.Tensor:
+        """Render a conversation (or a list of them) with the chat template, keeping the ``<fmri>`` markers.
+
+        A message's ``content`` is a string, where ``<fmri>`` marks a scan, or a list of items
+        ``{"type": "text", "text": ...}`` and ``{"type": "fmri"}``; such a list is joined into one
+        string, each fMRI item becoming ``<fmri>``, with nothing inserted between items (write the
+        spaces or newlines you want into the text items). The template is ``chat_template`` (a template
+        string, or the name of one of the processor's templates), else the processor's
+        ``chat_template``, else the text tokenizer's.
+
+        Args:
+            conversation: ``[{"role": ..., "content": ...}, ...]`` or a list of such conversations.
+            add_generation_prompt / continue_final_message: as in the tokenizer's ``apply_chat_template``
+                (the assistant header is appended after the last message when ``add_generation_prompt``).
+            tokenize: also run :meth:`__call__` on the rendered text(s), without adding the tokenizer's
+                special tokens (the template writes them), with ``fmri``/``tr``/``fmri_codes`` (one scan
+                per marker, in reading order) and ``text_target``; ``processor_kwargs`` (e.g.
+                ``{"padding_side": "left"}``) go to it too.
+            return_dict: with ``tokenize``, return the whole BatchFeature (default; it holds
+                ``fmri_codes``), or only ``input_ids`` when False.
+            template_kwargs: extra variables for the template.
+
+        Returns:
+            The rendered string (a list of them for a list of conversations), or the tokenized inputs.
+        """
+        tokenizer = self._require_text_tokenizer("apply_chat_template")
+        conversations, is_batched = _normalise_conversations(conversation)
+        template = self._resolve_template(chat_template)
+        rendered = tokenizer.apply_chat_template(
+            conversations,
+            chat_template=template,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=False,
+            **template_kwargs,
+        )
+        rendered = [rendered] if isinstance(rendered, str) else list(rendered)
+        for index, (messages, prompt) in enumerate(zip(conversations, rendered)):
+            written = sum(str(message.get("content", "")).count(FMRI_TOKEN) for message in messages)
+            if prompt.count(FMRI_TOKEN) != written:
+                raise ValueError(
+                    f"The chat template changed the number of '{FMRI_TOKEN}' markers in conversation {index}: "
+                    f"{written} in the messages, {prompt.count(FMRI_TOKEN)} in the rendered text. Use a template that "
+                    "writes each message's content unchanged."
+                )
+        if not tokenize:
+            return rendered if is_batched else rendered[0]
+        options = {"add_special_tokens": False, **(processor_kwargs or {})}
+        inputs = self(
+            fmri=fmri,
+            text=rendered if is_batched else rendered[0],
+            tr=tr,
+            fmri_codes=fmri_codes,
+            text_target=text_target,
+            **options,
+        )
+        return inputs if return_dict else inputs["input_ids"]
+
+    def _resolve_template(self, chat_template: str | None) -> str | None:
+        """The template string to render: the argument (or a named processor template), the processor's, or
+        None for the tokenizer's own; ValueError when there is none at all."""
+        templates = self.chat_template
+        if chat_template is not None:
+            if isinstance(templates, dict) and chat_template in templates:
+                return templates[chat_template]
+            return chat_template
+        if isinstance(templates, dict):
+            if "default" not in templates:
+                raise ValueError(
+                    f"The processor has several chat templates ({sorted(templates)}) but none named 'default'; pass "
+                    "chat_template=NAME."
+                )
+            return templates["default"]
+        if templates is not None:
+            return templates
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                "Neither the processor nor its text tokenizer has a chat template; pass chat_template=... or set "
+                "processor.chat_template (it is saved with the processor)."
+            )
+        return None
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        """The text tokenizer's ``decode`` (``skip_special_tokens=True`` drops the fMRI tokens)."""
+        return self._require_text_tokenizer("decode").decode(*args, **kwargs)
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        """The text tokenizer's ``batch_decode`` (``skip_special_tokens=True`` drops the fMRI tokens)."""
+        return self._require_text_tokenizer("batch_decode").batch_decode(*args, **kwargs)
 
     # ---- saving and loading -----------------------------------------------------------------------
 
@@ -322,7 +742,9 @@ class FmriLMProcessor(ProcessorMixin):
         """Save the processor into ``save_directory``.
 
         Writes ``processor_config.json`` (feature extractor settings, references), the text
-        tokenizer's files (if any), ``chat_template.jinja`` (if any) and the fMRI tokenizer model
+        tokenizer's files (if any, with the fMRI special tokens once added), ``chat_template.jinja``
+        (if any: the processor's template replaces the tokenizer's, so both load with the processor's)
+        and the fMRI tokenizer model
         into ``fmri_tokenizer/`` (with ``max_shard_size`` from ``kwargs``, if given). With
         ``register_for_auto_class`` (the default of this class) the code files are copied too, so
         the folder loads with ``trust_remote_code=True`` without fmri-lm installed.
@@ -362,7 +784,7 @@ class FmriLMProcessor(ProcessorMixin):
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", save_directory.name)
             self.push_to_hub(repo_id, **kwargs)
-        return written
+        return list(dict.fromkeys(written))  # the tokenizer and the processor both write chat_template.jinja
 
     def _save_chat_templates(self, save_directory: Path) -> list[str]:
         """``chat_template.jinja`` (the default template) and ``chat_templates/NAME.jinja`` (the others)."""
@@ -468,9 +890,14 @@ def _as_code_tensor(codes: Any) -> torch.Tensor:
     if isinstance(codes, torch.Tensor):
         tensor = codes.detach().cpu()
     else:
-        array = np.asarray(codes)
+        try:
+            array = np.asarray(codes)
+        except ValueError:  # numpy refuses rows of different lengths
+            array = np.empty(0, dtype=object)
         if array.dtype == object:
             raise ValueError("codes must be a rectangular (batch, num_tokens) array of integers; got ragged rows.")
+        if array.dtype.kind not in "biufc":
+            raise ValueError(f"codes must be integers (token codes), got dtype {array.dtype}.")
         tensor = torch.from_numpy(array)
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise ValueError(f"codes must be integers (token codes), got dtype {tensor.dtype}.")
@@ -478,3 +905,273 @@ def _as_code_tensor(codes: Any) -> torch.Tensor:
 
 
 FmriLMProcessor.register_for_auto_class("AutoProcessor")
+
+
+# ---- helpers of the text + fMRI path ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TokenSequence:
+    """One row before padding: ids (L,), labels (L,) or None, and where its fMRI blocks are.
+
+    ``block_starts`` are the positions of the ``<fmri_start>`` tokens; each block spans
+    ``block_length`` = N + 2 tokens. ``prompt_length`` counts the tokens before the target.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray | None
+    block_starts: np.ndarray
+    block_length: int
+    prompt_length: int
+    has_target: bool
+
+    def cut(self, start: int, stop: int) -> _TokenSequence:
+        """The tokens ``[start, stop)``; blocks are never cut (the caller checked)."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return _TokenSequence(
+            self.ids[start:stop], labels, self.block_starts - start, self.block_length,
+            max(self.prompt_length - start, 0), self.has_target,
+        )  # fmt: skip
+
+
+def _as_text_list(value: Any, name: str) -> list[str]:
+    """A string or a list/tuple of strings as a list of strings."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise ValueError(
+        f"{name} must be a string or a non-empty list of strings, got {type(value).__name__}: {value!r:.80}."
+    )
+
+
+def _marker_counts(texts: list[str], targets: list[str] | None) -> list[int]:
+    """``<fmri>`` markers per text; ValueError for delimiters written by hand or markers in targets."""
+    for index, text in enumerate(texts):
+        for token in (FMRI_START_TOKEN, FMRI_END_TOKEN):
+            if token in text:
+                raise ValueError(
+                    f"Text {index} contains '{token}'. Write one '{FMRI_TOKEN}' per scan and nothing else: the processor "
+                    f"adds '{FMRI_START_TOKEN}' and '{FMRI_END_TOKEN}' itself (is this text an already expanded one?)."
+                )
+    for index, target in enumerate(targets or []):
+        if any(token in target for token in _FMRI_SPECIAL_TOKENS.values()):
+            raise ValueError(
+                f"text_target {index} contains an fMRI token; scans go in the text (the prompt), targets are plain text."
+            )
+    return [text.count(FMRI_TOKEN) for text in texts]
+
+
+def _count_mismatch(marker_counts: list[int], n_scans: int, what: str) -> ValueError:
+    per_text = ", ".join(f"text {index}: {count}" for index, count in enumerate(marker_counts))
+    return ValueError(
+        f"The text has {sum(marker_counts)} '{FMRI_TOKEN}' marker(s) ({per_text}) but {n_scans} {what} were given. "
+        f"Pass exactly one scan per marker, in reading order over the batch, or put one '{FMRI_TOKEN}' in the text "
+        "for each scan."
+    )
+
+
+def _truncation_flag(truncation: Any, max_length: int | None) -> bool:
+    if truncation is None:
+        return max_length is not None
+    if not isinstance(truncation, bool):
+        raise ValueError(
+            f"truncation must be True, False or None, got {truncation!r}; truncation always cuts the tokenizer's "
+            "truncation_side and never an fMRI block."
+        )
+    return truncation
+
+
+def _side(value: Any, name: str) -> str:
+    if value not in ("left", "right"):
+        raise ValueError(f"{name} must be 'left' or 'right', got {value!r}.")
+    return value
+
+
+def _expand_markers(
+    ids: np.ndarray, special_ids: dict[str, int], n_tokens: int, text: str, index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replace each marker id by start + ``n_tokens`` placeholders + end.
+
+    Returns the expanded ids and the positions of the blocks' ``<fmri_start>`` tokens.
+    """
+    marker = special_ids["fmri_token_id"]
+    is_marker = ids == marker
+    if int(is_marker.sum()) != text.count(FMRI_TOKEN):
+        raise ValueError(
+            f"Text {index} has {text.count(FMRI_TOKEN)} '{FMRI_TOKEN}' marker(s) but the text tokenizer made "
+            f"{int(is_marker.sum())} '{FMRI_TOKEN}' token(s) of it; the tokenizer normalises the marker away. Use a "
+            "tokenizer whose added special tokens match verbatim."
+        )
+    for name in ("fmri_start_token_id", "fmri_end_token_id"):
+        if bool((ids == special_ids[name]).any()):
+            raise ValueError(
+                f"Text {index} was tokenized with an fMRI delimiter token ({name}); write only '{FMRI_TOKEN}'."
+            )
+    repeats = np.where(is_marker, n_tokens + 2, 1)
+    expanded = np.repeat(ids, repeats)
+    block_starts = (np.cumsum(repeats) - repeats)[is_marker]
+    expanded[block_starts] = special_ids["fmri_start_token_id"]
+    expanded[block_starts + n_tokens + 1] = special_ids["fmri_end_token_id"]
+    return expanded, block_starts
+
+
+def _fit_to_max_length(
+    sequence: _TokenSequence, max_length: int, truncation: bool, side: str, index: int
+) -> _TokenSequence:
+    """The sequence cut to ``max_length`` tokens on ``side``, or a ValueError saying why it cannot be."""
+    length = len(sequence.ids)
+    if length <= max_length:
+        return sequence
+    if not truncation:
+        raise ValueError(
+            f"Text {index} has {length} tokens, more than max_length={max_length}, and truncation=False; raise "
+            "max_length or allow truncation."
+        )
+    side = _side(side, "the tokenizer's truncation_side")
+    starts = sequence.block_starts
+    if side == "right":
+        block_end = int(starts.max()) + sequence.block_length if starts.size else 0
+        needed = max(block_end, sequence.prompt_length if sequence.has_target else 0)
+        if max_length < needed:
+            cut = "an fMRI block" if max_length < block_end else "the prompt (only target tokens may be cut)"
+            raise _too_short(index, length, max_length, side, cut, needed, starts.size, sequence.block_length)
+        return sequence.cut(0, max_length)
+    removed = length - max_length
+    block_start = int(starts.min()) if starts.size else length
+    keep_from = min(block_start, sequence.prompt_length if sequence.has_target else length)
+    if removed > keep_from:
+        cut = "an fMRI block" if removed > block_start else "the target"
+        raise _too_short(index, length, max_length, side, cut, length - keep_from, starts.size, sequence.block_length)
+    return sequence.cut(removed, length)
+
+
+def _too_short(
+    index: int, length: int, max_length: int, side: str, cut: str, needed: int, n_blocks: int, block_length: int
+) -> ValueError:
+    return ValueError(
+        f"max_length={max_length} is too short for text {index} ({length} tokens): truncating on the {side} would cut "
+        f"{cut}. It needs at least {needed} tokens ({n_blocks} fMRI block(s) of {block_length} tokens each, "
+        "delimiters included). Raise max_length, shorten the text, or put fewer scans in one text."
+    )
+
+
+def _pad_sequences(
+    sequences: list[_TokenSequence],
+    *,
+    with_labels: bool,
+    pad_token_id: int | None,
+    padding: Any,
+    padding_side: str,
+    max_length: int | None,
+    pad_to_multiple_of: int | None,
+    tensors: bool,
+) -> dict[str, Any]:
+    """``input_ids``, ``attention_mask`` (and ``labels``) as (B, L) int64 arrays, or lists of lists when
+    unpadded rows of different lengths are allowed (``tensors`` False)."""
+    try:
+        strategy = _PADDING_STRATEGIES.get(getattr(padding, "value", padding))
+    except TypeError:  # unhashable
+        strategy = None
+    if strategy is None:
+        raise ValueError(f"padding must be True/'longest', 'max_length' or False/'do_not_pad', got {padding!r}.")
+    lengths = [len(sequence.ids) for sequence in sequences]
+    if strategy == "max_length":
+        if max_length is None:
+            raise ValueError("padding='max_length' needs max_length=...; or use padding=True (to the longest row).")
+        target_length = max_length
+    elif strategy == "longest":
+        target_length = max(lengths)
+    else:
+        if len(set(lengths)) > 1:
+            if tensors:
+                raise ValueError(
+                    f"The rows have different lengths ({min(lengths)}..{max(lengths)} tokens) and padding is off, so they "
+                    "cannot form one tensor; pass padding=True, or return_tensors=None for lists."
+                )
+            data = {
+                "input_ids": [sequence.ids.tolist() for sequence in sequences],
+                "attention_mask": [[1] * length for length in lengths],
+            }
+            if with_labels:
+                data["labels"] = [sequence.labels.tolist() for sequence in sequences]
+            return data
+        target_length = lengths[0]
+    if pad_to_multiple_of is not None:
+        multiple = _positive_int(pad_to_multiple_of, "pad_to_multiple_of")
+        target_length = -(-target_length // multiple) * multiple
+    if pad_token_id is None and min(lengths) < target_length:
+        raise ValueError(
+            "Padding is needed but the text tokenizer has no pad_token; set one (e.g. "
+            "processor.tokenizer.pad_token = processor.tokenizer.eos_token: padding is never attended to nor labelled)."
+        )
+    input_ids = np.full((len(sequences), target_length), pad_token_id if pad_token_id is not None else 0, np.int64)
+    attention_mask = np.zeros((len(sequences), target_length), np.int64)
+    labels = np.full((len(sequences), target_length), IGNORE_INDEX, np.int64)
+    for row, sequence in enumerate(sequences):
+        length = len(sequence.ids)
+        columns = slice(0, length) if padding_side == "right" else slice(target_length - length, target_length)
+        input_ids[row, columns] = sequence.ids
+        attention_mask[row, columns] = 1
+        if with_labels:
+            labels[row, columns] = sequence.labels
+    data = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if with_labels:
+        data["labels"] = labels
+    if not tensors:
+        data = {key: value.tolist() for key, value in data.items()}
+    return data
+
+
+def _normalise_conversations(conversation: Any) -> tuple[list[list[dict[str, Any]]], bool]:
+    """A conversation or a list of them as a list of message lists whose contents are strings.
+
+    Content items ``{"type": "text", "text": ...}`` and ``{"type": "fmri"}`` are joined into one
+    string (fMRI items as ``<fmri>``, nothing in between); other item types are refused.
+    """
+    if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
+        conversations, is_batched = list(conversation), True
+    elif isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], Mapping):
+        conversations, is_batched = [conversation], False
+    else:
+        raise ValueError(
+            "conversation must be a list of messages [{'role': ..., 'content': ...}, ...] or a list of such lists, got "
+            f"{type(conversation).__name__}."
+        )
+    normalised = []
+    for index, messages in enumerate(conversations):
+        rendered_messages = []
+        for message in messages:
+            if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+                raise ValueError(
+                    f"Conversation {index} has a message without 'role' and 'content': {message!r:.80}; each message is "
+                    "{'role': 'user', 'content': '<fmri> ...'}."
+                )
+            content = message["content"]
+            if not isinstance(content, str):
+                content = _join_content_items(content, index)
+            rendered_messages.append({**message, "content": content})
+        normalised.append(rendered_messages)
+    return normalised, is_batched
+
+
+def _join_content_items(items: Any, index: int) -> str:
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(
+            f"A message content in conversation {index} is a {type(items).__name__}; it must be a string or a list of "
+            "{'type': 'text', 'text': ...} / {'type': 'fmri'} items."
+        )
+    pieces = []
+    for item in items:
+        kind = item.get("type") if isinstance(item, Mapping) else None
+        if kind == "fmri":
+            pieces.append(FMRI_TOKEN)
+        elif kind == "text" and isinstance(item.get("text"), str):
+            pieces.append(item["text"])
+        else:
+            raise ValueError(
+                f"Unsupported content item {item!r:.80} in conversation {index}: this processor reads "
+                "{'type': 'text', 'text': str} and {'type': 'fmri'} items (the scans themselves go to fmri= or "
+                "fmri_codes=, one per fMRI item, in reading order)."
+            )
+    return "".join(pieces)

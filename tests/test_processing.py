@@ -226,13 +226,16 @@ def test_saved_processor_loads_in_fresh_processes_with_and_without_the_package(p
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)
 
 
-def test_call_returns_feature_extractor_and_tokenizer_outputs(scans):
+def test_call_returns_features_or_tokens_and_pairs_scans_with_markers(scans):
     bold, trs = scans
     processor = FmriLMProcessor(tiny_feature_extractor(), tiny_text_tokenizer(), tiny_model())
-    both = processor(fmri=bold, text=["the brain", "at rest"], tr=trs, padding=True)
-    assert isinstance(both, BatchFeature)
-    assert both["fmri_values"].shape == (4, MAX_TIMEPOINTS, N_ROIS) and both["fmri_mask"].shape == (4, MAX_TIMEPOINTS)
-    assert both["input_ids"] == [[2, 3], [4, 5]]
+    features = processor(fmri=bold, tr=trs)
+    assert isinstance(features, BatchFeature)
+    assert features["fmri_values"].shape == (4, MAX_TIMEPOINTS, N_ROIS)
+    assert features["fmri_mask"].shape == (4, MAX_TIMEPOINTS)
+    assert processor(text=["the brain", "at rest"])["input_ids"].tolist() == [[2, 3], [4, 5]]
+    with pytest.raises(ValueError, match=r"0 '<fmri>' marker\(s\) .* but 4 scans \(fmri\)"):
+        processor(fmri=bold, text=["the brain", "at rest"], tr=trs)  # stage 2: one scan per <fmri> marker
     assert set(processor(text="the brain").keys()) >= {"input_ids", "attention_mask"}
     assert set(processor(fmri=bold[0], tr=trs[0]).keys()) == {"fmri_values", "fmri_mask"}
     assert processor.model_input_names[:2] == ["fmri_values", "fmri_mask"]
