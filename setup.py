@@ -10,7 +10,7 @@ INSTALL_REQUIRES = [
     # torch is installed first by the Makefile (torch==2.13.0, a CPU wheel on this machine); a range
     # here that the installed wheel satisfies keeps pip from fetching a multi-GB CUDA build.
     "torch>=2.4",
-    "transformers>=5.0",
+    "transformers>=5.24",
     "tokenizers>=0.21",
     "huggingface-hub>=1.0",
     "datasets>=4.0",

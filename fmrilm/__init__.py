@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import importlib
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForCausalLM, AutoProcessor
 
-from .configuration_fmrilm import FmriTokenizerConfig
+from .configuration_fmrilm import FmriLMConfig, FmriTokenizerConfig
 from .feature_extraction_fmrilm import FmriFeatureExtractor
 from .modeling_fmri_tokenizer import FmriTokenizerModel, dann_alpha
+from .modeling_fmrilm import FmriLMForCausalLM
 from .processing_fmrilm import FmriLMProcessor
 
 __version__ = "0.1.0.dev0"
 
 AutoConfig.register(FmriTokenizerConfig.model_type, FmriTokenizerConfig, exist_ok=True)
+AutoConfig.register(FmriLMConfig.model_type, FmriLMConfig, exist_ok=True)
 AutoFeatureExtractor.register(FmriTokenizerConfig, FmriFeatureExtractor, exist_ok=True)
 AutoModel.register(FmriTokenizerConfig, FmriTokenizerModel, exist_ok=True)
 AutoProcessor.register(FmriTokenizerConfig, FmriLMProcessor, exist_ok=True)
+AutoModel.register(FmriLMConfig, FmriLMForCausalLM, exist_ok=True)
+AutoModelForCausalLM.register(FmriLMConfig, FmriLMForCausalLM, exist_ok=True)
+AutoProcessor.register(FmriLMConfig, FmriLMProcessor, exist_ok=True)
 
 _LAZY_ATTRIBUTES = {
     "AtlasSpec": "atlases",
@@ -44,6 +49,8 @@ def __getattr__(name: str):
 
 __all__ = [  # noqa: RUF022  (eager names first, then the lazy ones)
     "FmriFeatureExtractor",
+    "FmriLMConfig",
+    "FmriLMForCausalLM",
     "FmriLMProcessor",
     "FmriTokenizerConfig",
     "FmriTokenizerModel",

@@ -4,6 +4,9 @@
 ROI, a vector quantizer, a ViT decoder). The feature extractor is registered against it, so
 ``AutoFeatureExtractor`` resolves ``FmriFeatureExtractor`` by name.
 
+``FmriLMConfig`` describes the stage-2/3 language model: any causal LM (``text_config``) that reads
+discrete fMRI codes through its own embeddings and predicts them with an fMRI head.
+
 This file imports nothing from the rest of the package, so ``save_pretrained`` can ship it as
 remote code.
 """
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Literal
+from typing import ClassVar, Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["FmriTokenizerConfig"]
+__all__ = ["FmriLMConfig", "FmriTokenizerConfig"]
 
 #: Architecture presets: (hidden_size, num_hidden_layers, num_attention_heads) of the encoder.
 _TOKENIZER_PRESETS: dict[str, dict] = {
@@ -274,3 +278,136 @@ def _require_positive_int(config: FmriTokenizerConfig, name: str) -> None:
 
 
 FmriTokenizerConfig.register_for_auto_class()
+
+
+#: The three fMRI special-token id fields of ``FmriLMConfig``.
+FMRI_TOKEN_ID_FIELDS = ("fmri_token_id", "fmri_start_token_id", "fmri_end_token_id")
+
+
+class FmriLMConfig(PreTrainedConfig):
+    r"""Configuration of ``FmriLMForCausalLM``: a causal language model that reads and predicts fMRI codes.
+
+    The language model is any ``AutoModelForCausalLM`` (GPT-2, Llama, Qwen3 ...) described by
+    ``text_config``; it is wrapped, not modified. A scan enters the text as one block
+    ``<fmri_start> <fmri> x N <fmri_end>`` with ``N = n_time_patches * n_rois`` placeholders in
+    time-major order (placeholder ``k`` = time patch ``k // n_rois``, ROI ``k % n_rois``); the model
+    replaces each placeholder's embedding by the embedding of its code plus the embedding of its ROI.
+
+    Args:
+        text_config: the language model's config (a config object or a dict with ``model_type``);
+            default: GPT-2's.
+        n_rois: ROIs per time patch (the stage-1 tokenizer's ``n_rois``).
+        n_time_patches: time patches per scan (the stage-1 tokenizer's ``num_time_patches``).
+        codebook_size: number of distinct fMRI codes (the stage-1 tokenizer's ``num_codes``); codes
+            lie in ``[0, codebook_size)``, and ``-1`` (``PAD_CODE``) marks padded time patches.
+        codebook_dim: width of the stage-1 code vectors (used once, to initialise the code
+            embeddings from the codebook in ``FmriLMForCausalLM.from_text_model``).
+        fmri_token_id, fmri_start_token_id, fmri_end_token_id: ids of ``<fmri>``, ``<fmri_start>``
+            and ``<fmri_end>`` in the language model's vocabulary (set by ``from_text_model``; all
+            three or none; ``None`` allows text only).
+        f2t_weight, f2f_weight, t2t_weight: loss weights (paper v1: 1, 0.1, 0.5). A batch with fMRI
+            blocks has loss ``f2t_weight * F2T + f2f_weight * F2F``; a text-only batch
+            ``t2t_weight * T2T``.
+
+    Example:
+
+    ```python
+    >>> from transformers import LlamaConfig
+    >>> from fmrilm.configuration_fmrilm import FmriLMConfig
+    >>> config = FmriLMConfig(
+    ...     text_config=LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    ...                             num_attention_heads=4, vocab_size=1000),
+    ...     n_rois=94, n_time_patches=10, codebook_size=8192, codebook_dim=128,
+    ...     fmri_token_id=997, fmri_start_token_id=998, fmri_end_token_id=999,
+    ... )
+    >>> config.num_fmri_tokens  # placeholders per scan
+    940
+    ```
+
+    Settings are checked when the config is built or loaded (``ValueError`` naming the setting);
+    the class is not ``@strict``, so that every refusal is a ``ValueError``.
+    """
+
+    model_type = "fmri_lm"
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="gpt2")
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    n_rois: int = 450
+    n_time_patches: int = 10
+    codebook_size: int = 8192
+    codebook_dim: int = 128
+    fmri_token_id: int | None = None
+    fmri_start_token_id: int | None = None
+    fmri_end_token_id: int | None = None
+    f2t_weight: float = 1.0
+    f2f_weight: float = 0.1
+    t2t_weight: float = 0.5
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Refuse settings the model cannot use, with a ``ValueError`` that names the setting."""
+        if not isinstance(self.text_config, PreTrainedConfig):
+            raise ValueError(f"text_config must be a causal-LM config, got {type(self.text_config).__name__}.")
+        if getattr(self.text_config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"text_config is an encoder-decoder config ({self.text_config.model_type}); FmriLMForCausalLM wraps "
+                "decoder-only causal language models (GPT-2, Llama, Qwen3, ...)."
+            )
+        for name in ("n_rois", "n_time_patches", "codebook_size", "codebook_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"FmriLMConfig.{name} must be a positive integer, got {value!r}.")
+        for name in ("f2t_weight", "f2f_weight", "t2t_weight"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"FmriLMConfig.{name} is a loss weight and must be a finite number >= 0, got {value!r}."
+                )
+        ids = {name: getattr(self, name) for name in FMRI_TOKEN_ID_FIELDS}
+        given = {name: value for name, value in ids.items() if value is not None}
+        if not given:
+            return
+        if len(given) != len(ids):
+            raise ValueError(
+                f"Set all of {FMRI_TOKEN_ID_FIELDS} or none of them, got {ids}; "
+                "FmriLMForCausalLM.from_text_model sets them from the processor's tokenizer."
+            )
+        for name, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"FmriLMConfig.{name} must be a token id (an integer >= 0), got {value!r}.")
+        if len(set(given.values())) != len(given):
+            raise ValueError(f"The fMRI special tokens need three different ids, got {ids}.")
+        vocab_size = getattr(self.text_config, "vocab_size", None)
+        if isinstance(vocab_size, int) and max(given.values()) >= vocab_size:
+            raise ValueError(
+                f"fMRI token ids {ids} do not fit the language model's vocabulary of {vocab_size} tokens: add the "
+                "tokens to the tokenizer and resize the model's embeddings first (FmriLMForCausalLM.from_text_model "
+                "does both)."
+            )
+
+    @property
+    def num_fmri_tokens(self) -> int:
+        """Placeholders per scan, ``n_time_patches * n_rois`` (time-major)."""
+        return self.n_time_patches * self.n_rois
+
+    @property
+    def has_fmri_tokens(self) -> bool:
+        """Whether the fMRI special-token ids are set (without them the model reads text only)."""
+        return self.fmri_token_id is not None
+
+    def to_dict(self) -> dict:
+        """Serialise to a dict; a saved ``AutoModelForCausalLM`` entry of ``auto_map`` is also offered to
+        ``AutoModel``, so both Auto classes load the folder as remote code."""
+        output = super().to_dict()
+        auto_map = output.get("auto_map")
+        if isinstance(auto_map, dict) and "AutoModelForCausalLM" in auto_map:
+            output["auto_map"] = {"AutoModel": auto_map["AutoModelForCausalLM"], **auto_map}
+        return output
+
+
+FmriLMConfig.register_for_auto_class()
