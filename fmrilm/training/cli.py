@@ -1,9 +1,10 @@
 """``fmrilm train STAGE --config CONFIG.yaml [key=value ...]``: the training command line.
 
     fmrilm train tokenizer --config fmrilm/training/configs/stage1_tiny.yaml training.max_steps=50
+    fmrilm train align --config fmrilm/training/configs/stage2_tiny.yaml training.max_steps=50
 
 Each stage module provides ``add_arguments(parser)`` and ``run_from_args(args) -> exit code``;
-stages 2 and 3 join :data:`STAGES` as ``align`` and ``instruct``. The same modules run under
+stage 3 joins :data:`STAGES` as ``instruct``. The same modules run under
 ``accelerate launch -m fmrilm.training.stage1 --config ...`` for several processes or GPUs.
 """
 
@@ -17,6 +18,7 @@ __all__ = ["STAGES", "add_train_command"]
 #: command -> (module under fmrilm.training, help)
 STAGES: dict[str, tuple[str, str]] = {
     "tokenizer": ("stage1", "stage 1: train the text-aligned fMRI tokenizer and write a processor folder"),
+    "align": ("stage2", "stage 2: align a causal LM with the fMRI tokens (F2T + F2F + T2T) and write the model"),
 }
 
 
