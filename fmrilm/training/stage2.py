@@ -67,9 +67,24 @@ import torch.nn.functional as F
 
 from ..descriptors.facts import FAMILIES
 from .config import config_to_dict, load_config, save_config
+
+# Shared with stage 3; re-exported here (stage-2 names kept).
+from .language_model import (
+    FMRI_MODULES,
+    LoraSettings,
+    describe_scans,
+    load_causal_lm,
+    lora_target_modules,
+    render_prompt,
+)
+from .language_model import apply_lora as _apply_lora
+from .language_model import export_best as _export_best
+from .language_model import fmri_model as _fmri_model
+from .language_model import parameter_counts as _parameter_counts
 from .loop import LoopConfig, TrainingLoop, build_accelerator, make_dataloader
 
 __all__ = [
+    "FMRI_MODULES",
     "AlignmentCollator",
     "AlignmentDataset",
     "AlignmentEvaluator",
@@ -84,6 +99,7 @@ __all__ = [
     "Stage2Result",
     "Stage2TrainingConfig",
     "T2TConfig",
+    "describe_scans",
     "f2f_token_losses",
     "f2t_token_losses",
     "load_causal_lm",
@@ -100,8 +116,6 @@ CONFIG_FILE = "config.yaml"
 IGNORE_INDEX = -100
 #: Validation metrics that exist only when validation scans are described (generation.num_scans > 0).
 GENERATION_METRICS = ("faithfulness", "faithfulness_recall", "statements_per_scan", "rouge_l", "bleu")
-#: Modules of FmriLMForCausalLM that are new (not in the LM): always trained in full, also under LoRA.
-FMRI_MODULES = ("fmri_embed", "roi_embed", "fmri_head")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,34 +232,6 @@ class Stage2ModelConfig:
             raise ValueError("model.text_model must name a causal LM (a Hub name such as 'gpt2', or a local folder).")
         if not self.processor:
             raise ValueError("model.processor must be the stage-1 processor folder (OUTPUT/processor of stage 1).")
-
-
-@dataclass
-class LoraSettings:
-    """LoRA through PEFT (off: full fine-tuning).
-
-    Attributes:
-        enabled: train LoRA adapters instead of every LM weight.
-        r, alpha, dropout: LoRA rank, scaling numerator and dropout.
-        target_modules: module names (last name component, e.g. ``["q_proj", "v_proj"]``) inside
-            the LM; ``None`` = every linear layer of its decoder blocks (attention and MLP
-            projections, see :func:`lora_target_modules`).
-        train_fmri_token_embeddings: also train the input-embedding rows of ``<fmri_start>`` and
-            ``<fmri_end>`` (new tokens) with PEFT ``trainable_token_indices``.
-    """
-
-    enabled: bool = False
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: list[str] | None = None
-    train_fmri_token_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        if self.r < 1 or not (self.alpha > 0) or not (0 <= self.dropout < 1):
-            raise ValueError(
-                f"lora needs r >= 1, alpha > 0 and 0 <= dropout < 1; got {self.r}, {self.alpha}, {self.dropout}."
-            )
 
 
 @dataclass
@@ -543,77 +529,6 @@ def _load_splits(config: Stage2Config, processor, cache_dir: Path) -> tuple[Any,
 # --------------------------------------------------------------------------------------------------
 
 
-def load_causal_lm(name_or_path: str, *, dtype: str = "float32", attn_implementation: str | None = None):
-    """``AutoModelForCausalLM.from_pretrained`` that refuses missing, unexpected or mis-shaped weights (SPEC B12)."""
-    from transformers import AutoModelForCausalLM
-
-    options: dict[str, Any] = {"dtype": getattr(torch, dtype), "output_loading_info": True}
-    if attn_implementation is not None:
-        options["attn_implementation"] = attn_implementation
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(name_or_path, **options)
-    except OSError as error:
-        raise FileNotFoundError(
-            f"Could not load the causal LM {name_or_path!r} ({error}); give a local folder or a Hub name that is cached "
-            "(set HF_HUB_OFFLINE=0 to download)."
-        ) from error
-    problems = {
-        k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
-    }
-    if problems:
-        listing = "; ".join(
-            f"{k}: {', '.join(map(str, v[:5]))}{' ...' if len(v) > 5 else ''}" for k, v in problems.items()
-        )
-        raise ValueError(
-            f"The checkpoint {name_or_path!r} does not match its architecture ({listing}); refusing to train on "
-            "partially random weights. Check the folder or its config.json."
-        )
-    return model
-
-
-def lora_target_modules(model) -> list[str]:
-    """Last name components of every linear layer (``nn.Linear`` or GPT-2's ``Conv1D``) in the LM's decoder
-    blocks: the attention and MLP projections (embeddings, LM head and the fMRI modules excluded)."""
-    from transformers.pytorch_utils import Conv1D
-
-    language_model = model.language_model
-    output = language_model.get_output_embeddings()
-    names = set()
-    for name, module in language_model.named_modules():
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not output:
-            names.add(name.rsplit(".", 1)[-1])
-    if not names:
-        raise ValueError("The language model has no linear layers for LoRA; set lora.target_modules explicitly.")
-    return sorted(names)
-
-
-def _apply_lora(model, settings: LoraSettings):
-    """``get_peft_model`` with adapters on the LM's projections and the fMRI modules trained in full."""
-    import re
-
-    from peft import LoraConfig, get_peft_model
-
-    targets = settings.target_modules or lora_target_modules(model)
-    # A regex (full match on module names) keeps the adapters inside the language model.
-    pattern = rf".*language_model\..*\.({'|'.join(re.escape(t) for t in targets)})"
-    matched = [n for n, _ in model.named_modules() if re.fullmatch(pattern, n)]
-    if not matched:
-        raise ValueError(
-            f"lora.target_modules {targets} match no module of the language model; choose from {lora_target_modules(model)}."
-        )
-    from transformers.pytorch_utils import Conv1D
-
-    modules = dict(model.named_modules())
-    config = model.config
-    token_ids = [config.fmri_start_token_id, config.fmri_end_token_id] if settings.train_fmri_token_embeddings else None
-    lora_config = LoraConfig(
-        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=pattern,
-        modules_to_save=list(FMRI_MODULES), trainable_token_indices=token_ids, bias="none",
-        fan_in_fan_out=any(isinstance(modules[name], Conv1D) for name in matched),  # GPT-2 stores weights transposed
-    )  # fmt: skip
-    return get_peft_model(model, lora_config)
-
-
 def _build_processor(config: Stage2Config):
     """The stage-1 processor with the LM's own tokenizer (and its chat template)."""
     from transformers import AutoTokenizer
@@ -644,18 +559,10 @@ def _build_processor(config: Stage2Config):
 
 def _render_prompt(config: PromptConfig, processor) -> tuple[str, bool]:
     """(prompt string with one ``<fmri>``, whether a chat template rendered it)."""
-    has_template = processor.chat_template is not None
-    if config.chat_template == "always" and not has_template:
-        raise ValueError(
-            "prompt.chat_template is 'always' but the LM tokenizer has no chat template; use 'auto' or 'never'."
-        )
-    if config.chat_template == "never" or not has_template:
-        return config.text, False
-    messages = ([{"role": "system", "content": config.system}] if config.system else []) + [
-        {"role": "user", "content": config.text}
-    ]
-    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, **config.chat_template_kwargs)
-    return rendered, True
+    return render_prompt(
+        processor, config.text, chat_template=config.chat_template,
+        chat_template_kwargs=config.chat_template_kwargs, system=config.system,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -837,57 +744,6 @@ class AlignmentEvaluator:
         return metrics
 
 
-def _fmri_model(model):
-    """The FmriLMForCausalLM inside a PEFT wrapper (or the model itself)."""
-    from ..modeling_fmrilm import FmriLMForCausalLM
-
-    if isinstance(model, FmriLMForCausalLM):
-        return model
-    get_base = getattr(model, "get_base_model", None)
-    if get_base is not None:
-        return get_base()
-    raise TypeError(f"Expected an FmriLMForCausalLM (or a PEFT model around one), got {type(model).__name__}.")
-
-
-@torch.no_grad()
-def describe_scans(
-    model,
-    processor,
-    codes: Sequence[np.ndarray] | np.ndarray,
-    *,
-    prompt: str,
-    add_special_tokens: bool = True,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    device: torch.device | str | None = None,
-) -> list[str]:
-    """Greedy descriptions of pre-tokenized scans: one text per row of ``codes`` (N,) each.
-
-    Prompts are left-padded so that every row's generation starts right after its prompt; the new
-    tokens are decoded without special tokens.
-    """
-    was_training = model.training
-    model.eval()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    tokenizer = processor.tokenizer
-    texts: list[str] = []
-    for start in range(0, len(codes), batch_size):
-        chunk = np.stack([np.asarray(c) for c in codes[start : start + batch_size]]).astype(np.int64)
-        inputs = processor(
-            text=[prompt] * len(chunk), fmri_codes=chunk, return_tensors="pt", padding=True, padding_side="left",
-            add_special_tokens=add_special_tokens,
-        )  # fmt: skip
-        inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
-        generated = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )  # fmt: skip
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        texts.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    model.train(was_training)
-    return texts
-
-
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
@@ -958,13 +814,6 @@ def _t2t_windows(
         documents = load_documents([collator_for_texts.target_text(dataset[i]) for i in range(len(dataset))])
     stream = cached_token_stream(documents, tokenizer, cache_dir, vocab_size=vocab_size)
     return TextWindows(stream, t2t.window_length, seed=seed)
-
-
-def _parameter_counts(model) -> dict[str, int]:
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-    }
 
 
 def train_alignment(config: Stage2Config) -> Stage2Result:
@@ -1084,32 +933,6 @@ def train_alignment(config: Stage2Config) -> Stage2Result:
         best_step=result.best_step, best_metric=result.best_metric, best_value=result.best_value,
         best_validation=best_validation, final_validation=result.last_eval,
     )  # fmt: skip
-
-
-def _export_best(model, best_dir: Path, model_dir: Path, adapter_dir: Path | None):
-    """Write the best weights as a plain FmriLMForCausalLM (merged under LoRA); returns the exported model."""
-    from ..modeling_fmrilm import FmriLMForCausalLM
-
-    if adapter_dir is None:
-        best, info = FmriLMForCausalLM.from_pretrained(best_dir, output_loading_info=True)
-        problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-        if problems:
-            raise ValueError(f"The best checkpoint {best_dir} does not load cleanly: {problems}.")
-        best.save_pretrained(model_dir)
-        return best
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    # The base weights are frozen, so the best model = this base + the adapter saved at the best step.
-    adapter_file = best_dir / "adapter_model.safetensors"
-    result = set_peft_model_state_dict(model, load_file(adapter_file))
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        raise ValueError(f"The best adapter {adapter_file} has weights this model lacks: {unexpected[:5]}.")
-    model.save_pretrained(adapter_dir)
-    merged = model.merge_and_unload()
-    merged.save_pretrained(model_dir)
-    return merged
 
 
 # --------------------------------------------------------------------------------------------------
