@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "h5py>=3.9",
     "tqdm>=4.66",
     "pyyaml>=6.0",
+    "jinja2>=3.1",  # model cards and chat templates
     "rouge-score>=0.1.2",
     "sacrebleu>=2.4",
 ]
@@ -46,7 +47,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fmrilm", "fmrilm.*"]),
     include_package_data=True,
-    package_data={"fmrilm": ["atlas_data/*.tsv", "model_cards/*.md", "training/configs/*.yaml"]},
+    package_data={
+        "fmrilm": ["atlas_data/*.tsv", "model_cards/*.md", "metrics/fmri_task_metrics/*.py", "training/configs/*.yaml"]
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["fmrilm=fmrilm.cli:main"]},

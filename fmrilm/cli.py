@@ -5,7 +5,9 @@
     fmrilm dataset info DIR
     fmrilm describe DATASET --reference DIR --out DIR [--fit]
     fmrilm tokenize DATASET --processor DIR --out DIR
-    fmrilm train tokenizer --config CONFIG.yaml [key=value ...]
+    fmrilm train tokenizer|align|instruct --config CONFIG.yaml [key=value ...]
+    fmrilm evaluate --model DIR --dataset DIR --task NAME [--shots 0 2 4 8 16] --out FILE.json
+    fmrilm push {model,adapter,processor,dataset} DIR --repo-id ID
     fmrilm demo [--out DIR]
 """
 
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .datasets_scripts.cli import add_dataset_commands
     from .demo import add_demo_command
     from .descriptors.cli import add_describe_command
+    from .evaluation import add_evaluate_command
+    from .hub import add_push_command
     from .pretokenize import add_tokenize_command
     from .training.cli import add_train_command
 
@@ -42,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_describe_command(commands)
     add_tokenize_command(commands)
     add_train_command(commands)
+    add_evaluate_command(commands)
+    add_push_command(commands)
     add_demo_command(commands)
     return parser
 
