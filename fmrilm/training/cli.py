@@ -2,10 +2,11 @@
 
     fmrilm train tokenizer --config fmrilm/training/configs/stage1_tiny.yaml training.max_steps=50
     fmrilm train align --config fmrilm/training/configs/stage2_tiny.yaml training.max_steps=50
+    fmrilm train instruct --config fmrilm/training/configs/stage3_tiny.yaml training.max_steps=50
 
-Each stage module provides ``add_arguments(parser)`` and ``run_from_args(args) -> exit code``;
-stage 3 joins :data:`STAGES` as ``instruct``. The same modules run under
-``accelerate launch -m fmrilm.training.stage1 --config ...`` for several processes or GPUs.
+Each stage module provides ``add_arguments(parser)`` and ``run_from_args(args) -> exit code``. The
+same modules run under ``accelerate launch -m fmrilm.training.stageN --config ...`` for several
+processes or GPUs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ __all__ = ["STAGES", "add_train_command"]
 STAGES: dict[str, tuple[str, str]] = {
     "tokenizer": ("stage1", "stage 1: train the text-aligned fMRI tokenizer and write a processor folder"),
     "align": ("stage2", "stage 2: align a causal LM with the fMRI tokens (F2T + F2F + T2T) and write the model"),
+    "instruct": (
+        "stage3",
+        "stage 3: instruction-tune the stage-2 model on labelled tasks (LoRA, answer-only loss) and write the model",
+    ),
 }
 
 
