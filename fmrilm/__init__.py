@@ -14,6 +14,7 @@ from .configuration_fmrilm import FmriLMConfig, FmriTokenizerConfig
 from .feature_extraction_fmrilm import FmriFeatureExtractor
 from .modeling_fmri_tokenizer import FmriTokenizerModel, dann_alpha
 from .modeling_fmrilm import FmriLMForCausalLM
+from .pipeline_fmrilm import register_pipelines
 from .processing_fmrilm import FmriLMProcessor
 
 __version__ = "0.1.0.dev0"
@@ -26,6 +27,7 @@ AutoProcessor.register(FmriTokenizerConfig, FmriLMProcessor, exist_ok=True)
 AutoModel.register(FmriLMConfig, FmriLMForCausalLM, exist_ok=True)
 AutoModelForCausalLM.register(FmriLMConfig, FmriLMForCausalLM, exist_ok=True)
 AutoProcessor.register(FmriLMConfig, FmriLMProcessor, exist_ok=True)
+register_pipelines()  # "fmri-to-text" and "zero-shot-fmri-classification"
 
 _LAZY_ATTRIBUTES = {
     "AtlasSpec": "atlases",
