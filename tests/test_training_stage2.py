@@ -18,16 +18,12 @@ import torch
 from datasets import load_dataset
 from lm_fixtures import tiny_causal_lm, tiny_tokenizer
 from safetensors.torch import load_file
+from stage_workspace import N_TOKENS, build_tokenized_cohort, save_tiny_lms, stage1_processor
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoProcessor, PreTrainedTokenizerFast
 
 import fmrilm  # noqa: F401  (registers the Auto classes)
-from fmrilm import FmriFeatureExtractor, FmriTokenizerConfig
-from fmrilm.datasets_scripts import build_simulated, write_dataset
-from fmrilm.descriptors import DescriptorExtractor, DescriptorFacts
-from fmrilm.descriptors.corpus import describe_dataset, reference_scans, write_described_dataset
-from fmrilm.modeling_fmri_tokenizer import FmriTokenizerModel
-from fmrilm.pretokenize import pretokenize_dataset, write_pretokenized_dataset
+from fmrilm.descriptors import DescriptorFacts
 from fmrilm.processing_fmrilm import PAD_CODE, FmriLMProcessor
 from fmrilm.training import load_config
 from fmrilm.training.cli import add_train_command
@@ -51,37 +47,15 @@ pytestmark = [
 ]
 
 TINY_CONFIG = "fmrilm/training/configs/stage2_tiny.yaml"
-SHAPE = dict(n_rois=94, max_timepoints=16, patch_size=8)  # 2 time patches x 94 ROIs = 188 fMRI tokens
-N_TOKENS = 188
 PROMPT = "<fmri> Describe the brain activity in this scan."
-
-
-def stage1_processor(seed: int) -> FmriLMProcessor:
-    torch.manual_seed(seed)
-    model = FmriTokenizerModel(FmriTokenizerConfig.preset("tiny", **SHAPE)).eval()
-    return FmriLMProcessor(feature_extractor=FmriFeatureExtractor(**SHAPE, atlas="AAL2"), fmri_tokenizer=model)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Simulated cohort (6 train, 1 validation, 1 test subject) described with the graph family and
     tokenized by a tiny stage-1 processor; tiny Llama and GPT-2 LMs with the test tokenizer; all on disk."""
-    root = tmp_path_factory.mktemp("stage2")
-    result = build_simulated(n_subjects=8, duration_s=200, seed=1, progress=False, cache_dir=root / ".cache")
-    write_dataset(result, root / "raw")
-    extractor = DescriptorExtractor("aal2", n_ica_components=4)
-    scans, trs, _ = reference_scans(result.dataset)
-    extractor.fit(scans, trs)
-    described = describe_dataset(result.dataset, extractor, families=("graph",))
-    write_described_dataset(described, root / "raw", root / "described", extractor)
-    processor = stage1_processor(seed=0)
-    processor.save_pretrained(root / "processor")
-    tokenized, info = pretokenize_dataset(described, processor)
-    write_pretokenized_dataset(tokenized, root / "described", root / "tokenized", info)
-    tokenizer = tiny_tokenizer()
-    for kind in ("llama", "gpt2"):
-        tiny_causal_lm(kind, len(tokenizer)).save_pretrained(root / kind)
-        tokenizer.save_pretrained(root / kind)
+    root = build_tokenized_cohort(tmp_path_factory.mktemp("stage2"))
+    save_tiny_lms(root)
     return root
 
 

@@ -30,7 +30,6 @@ What a run does, in order:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
@@ -46,7 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import config_to_dict, load_config, save_config
+from .command import StageCommand, best_line
+from .config import config_to_dict, save_config
 from .loop import LoopConfig, TrainingLoop, build_accelerator, make_dataloader
 
 __all__ = [
@@ -792,40 +792,20 @@ def train_tokenizer(config: Stage1Config) -> Stage1Result:
 # --------------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config CONFIG.yaml`` and ``key=value`` overrides."""
-    parser.add_argument("--config", required=True, help="stage-1 YAML config (see fmrilm/training/configs/)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
-        help="override config values, e.g. training.max_steps=100 data.batch_size=8 resume_from=latest",
-    )  # fmt: skip
+def report(result: Stage1Result) -> list[str]:
+    """What a finished stage-1 run prints: the best validation figure and where the outputs are."""
+    return [
+        best_line(result),
+        f"Processor (feature extractor + fMRI tokenizer): {result.processor_dir}",
+        f"Summary: {result.summary_file}; metrics log: {result.metrics_file}",
+    ]
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    """Load the config, train, print where the processor is; errors in the config or data -> exit 2."""
-    try:
-        config = load_config(Stage1Config, args.config, args.overrides)
-        result = train_tokenizer(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"fmrilm train tokenizer: error: {error}", file=sys.stderr)
-        return 2
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
-        return 0
-    best = "n/a" if result.best_value is None else f"{result.best_value:.4g}"
-    print(f"Best {result.best_metric} = {best} at step {result.best_step}.")
-    print(f"Processor (feature extractor + fMRI tokenizer): {result.processor_dir}")
-    print(f"Summary: {result.summary_file}; metrics log: {result.metrics_file}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmrilm.training.stage1", description="Stage 1: train the text-aligned fMRI tokenizer."
-    )
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+COMMAND = StageCommand(
+    name="tokenizer", stage=1, config_class=Stage1Config, train=train_tokenizer, report=report,
+    description="Stage 1: train the text-aligned fMRI tokenizer.", example="training.max_steps=100 data.batch_size=8 resume_from=latest",
+)
+add_arguments, run_from_args, main = COMMAND.add_arguments, COMMAND.run_from_args, COMMAND.main
 
 
 if __name__ == "__main__":

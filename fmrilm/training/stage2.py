@@ -51,7 +51,6 @@ What a run does, in order:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -66,7 +65,8 @@ import torch
 import torch.nn.functional as F
 
 from ..descriptors.facts import FAMILIES
-from .config import config_to_dict, load_config, save_config
+from .command import StageCommand, best_line
+from .config import config_to_dict, save_config
 
 # Shared with stage 3; re-exported here (stage-2 names kept).
 from .language_model import (
@@ -940,43 +940,21 @@ def train_alignment(config: Stage2Config) -> Stage2Result:
 # --------------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config CONFIG.yaml`` and ``key=value`` overrides."""
-    parser.add_argument("--config", required=True, help="stage-2 YAML config (see fmrilm/training/configs/)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
-        help="override config values, e.g. training.max_steps=100 model.text_model=gpt2 lora.enabled=true",
-    )  # fmt: skip
+def report(result: Stage2Result) -> list[str]:
+    """What a finished stage-2 run prints: the best validation figure and where the outputs are."""
+    adapter = f"; LoRA adapter: {result.adapter_dir}" if result.adapter_dir else ""
+    return [
+        best_line(result),
+        f"Model + processor: {result.model_dir}{adapter}",
+        f"Summary: {result.summary_file}; metrics log: {result.metrics_file}",
+    ]
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    """Load the config, train, print where the model is; errors in the config or data -> exit 2."""
-    try:
-        config = load_config(Stage2Config, args.config, args.overrides)
-        result = train_alignment(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"fmrilm train align: error: {error}", file=sys.stderr)
-        return 2
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
-        return 0
-    best = "n/a" if result.best_value is None else f"{result.best_value:.4g}"
-    print(f"Best {result.best_metric} = {best} at step {result.best_step}.")
-    print(
-        f"Model + processor: {result.model_dir}"
-        + (f"; LoRA adapter: {result.adapter_dir}" if result.adapter_dir else "")
-    )
-    print(f"Summary: {result.summary_file}; metrics log: {result.metrics_file}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmrilm.training.stage2", description="Stage 2: align a causal LM with the fMRI tokens."
-    )
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+COMMAND = StageCommand(
+    name="align", stage=2, config_class=Stage2Config, train=train_alignment, report=report,
+    description="Stage 2: align a causal LM with the fMRI tokens.", example="training.max_steps=100 model.text_model=gpt2 lora.enabled=true",
+)
+add_arguments, run_from_args, main = COMMAND.add_arguments, COMMAND.run_from_args, COMMAND.main
 
 
 if __name__ == "__main__":

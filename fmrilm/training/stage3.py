@@ -54,7 +54,6 @@ What a run does, in order:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -68,6 +67,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .command import StageCommand, best_line
 from .config import config_to_dict, load_config, save_config
 from .language_model import (
     FMRI_MODULES,
@@ -1254,47 +1254,25 @@ def train_instruct(config: Stage3Config) -> Stage3Result:
 # --------------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config CONFIG.yaml`` and ``key=value`` overrides."""
-    parser.add_argument("--config", required=True, help="stage-3 YAML config (see fmrilm/training/configs/)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
-        help="override config values, e.g. training.max_steps=100 model.path=runs/stage2/model lora.r=16",
-    )  # fmt: skip
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Load the config, train, print where the model is; errors in the config or data -> exit 2."""
-    try:
-        config = load_config(Stage3Config, args.config, args.overrides)
-        result = train_instruct(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"fmrilm train instruct: error: {error}", file=sys.stderr)
-        return 2
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
-        return 0
-    best = "n/a" if result.best_value is None else f"{result.best_value:.4g}"
-    print(f"Best validation {result.best_metric} = {best} at step {result.best_step}.")
+def report(result: Stage3Result) -> list[str]:
+    """What a finished stage-3 run prints: the best validation figure, the test figure of that model
+    (reported, never used for selection) and where the outputs are."""
+    lines = [best_line(result, prefix="Best validation")]
     if result.test is not None and BEST_DEFAULT in result.test:
-        print(
+        lines.append(
             f"Test {BEST_DEFAULT} of that model (reported, not used for selection) = {result.test[BEST_DEFAULT]:.4g}."
         )
-    print(
-        f"Model + processor: {result.model_dir}"
-        + (f"; LoRA adapter: {result.adapter_dir}" if result.adapter_dir else "")
-    )
-    print(f"Summary: {result.summary_file}; metrics log: {result.metrics_file}")
-    return 0
+    adapter = f"; LoRA adapter: {result.adapter_dir}" if result.adapter_dir else ""
+    lines += [f"Model + processor: {result.model_dir}{adapter}",
+              f"Summary: {result.summary_file}; metrics log: {result.metrics_file}"]  # fmt: skip
+    return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmrilm.training.stage3", description="Stage 3: instruction-tune the stage-2 model."
-    )
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+COMMAND = StageCommand(
+    name="instruct", stage=3, config_class=Stage3Config, train=train_instruct, report=report,
+    description="Stage 3: instruction-tune the stage-2 model.", example="training.max_steps=100 model.path=runs/stage2/model lora.r=16",
+)
+add_arguments, run_from_args, main = COMMAND.add_arguments, COMMAND.run_from_args, COMMAND.main
 
 
 if __name__ == "__main__":
