@@ -24,22 +24,28 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cli_types import positive_int
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = [
     "CODES_COLUMN",
     "MAX_INT16_CODEBOOK",
     "PretokenizationInfo",
     "add_tokenize_command",
+    "load_pretokenized_splits",
     "pretokenization_info",
     "pretokenize_dataset",
     "processor_fingerprint",
+    "recorded_fingerprint",
     "write_pretokenized_dataset",
 ]
 
@@ -264,6 +270,172 @@ def write_pretokenized_dataset(
     )
     result = derived_build_result(tokenized, source_folder, note=note, options={CODES_COLUMN: info.to_dict()})
     return write_dataset(result, out_dir, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading pre-tokenized datasets (stages 2 and 3)
+# --------------------------------------------------------------------------------------------------
+
+
+def recorded_fingerprint(folder: str | Path, codes_column: str = CODES_COLUMN) -> str | None:
+    """The processor fingerprint that ``fmrilm tokenize`` recorded for ``codes_column`` in the
+    ``build_info.json`` of the dataset folder ``folder`` (see :func:`write_pretokenized_dataset`).
+
+    Returns ``None`` when the folder has no ``build_info.json``, the file is not valid JSON, or it
+    records no tokenization of that column (codes made by other means): the caller can then check
+    only the number of codes per scan.
+    """
+    from .datasets_scripts.writer import BUILD_INFO_FILE
+
+    info_file = Path(folder) / BUILD_INFO_FILE
+    if not info_file.is_file():
+        return None
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    options = info.get("options") if isinstance(info, Mapping) else None
+    entry = options.get(codes_column) if isinstance(options, Mapping) else None
+    fingerprint = entry.get("fingerprint") if isinstance(entry, Mapping) else None
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
+def _names(values: Sequence[str] | str, what: str) -> list[str]:
+    if isinstance(values, str) or not all(isinstance(value, str) and value for value in values):
+        raise ValueError(f"{what} must be a sequence of non-empty names, got {values!r}.")
+    return list(values)
+
+
+def load_pretokenized_splits(
+    folders: Sequence[str | Path],
+    processor,
+    *,
+    splits: Sequence[str],
+    optional_splits: Sequence[str] = (),
+    required_columns: Sequence[str] = (),
+    keep_columns: Sequence[str] | None = None,
+    codes_column: str = CODES_COLUMN,
+    cache_dir: str | Path | None = None,
+    processor_source: str = "",
+    column_hints: Mapping[str, str] | None = None,
+    setting_names: Mapping[str, str] | None = None,
+    needed_by: str = "training",
+) -> dict[str, Dataset]:
+    """Load the requested splits of several pre-tokenized dataset folders, checked against ``processor``,
+    each split concatenated across the folders.
+
+    Every folder must exist. When its ``build_info.json`` records a processor fingerprint for
+    ``codes_column`` (:func:`recorded_fingerprint`), it must equal ``processor``'s
+    (:func:`processor_fingerprint`): codes from another tokenizer would mean other things. Every
+    requested split a folder holds must have ``codes_column`` and ``required_columns``, with exactly
+    ``processor.num_fmri_tokens`` codes per scan. A folder may lack a split; the pieces of a split
+    keep only the columns all of them share, then are concatenated in the order of ``folders``.
+
+    Args:
+        folders: dataset folders written by ``fmrilm tokenize`` (or with its schema).
+        processor: the :class:`~fmrilm.processing_fmrilm.FmriLMProcessor` whose fMRI tokenizer must
+            have made the codes.
+        splits: split names that must have at least one scan, summed over the folders.
+        optional_splits: split names loaded when some folder has scans in them, left out of the result otherwise.
+        required_columns: columns besides ``codes_column`` that each loaded split must hold.
+        keep_columns: ``None`` keeps every column; otherwise each split is cut down to ``codes_column``,
+            ``required_columns`` and those of ``keep_columns`` it has.
+        codes_column: the int16 codes column (:data:`CODES_COLUMN`).
+        cache_dir: the ``datasets`` cache for ``load_dataset`` (default: its own).
+        processor_source: where ``processor`` was loaded from; named in errors and in the
+            ``fmrilm tokenize --processor`` command they suggest.
+        column_hints: for columns of ``required_columns``, how to add one when it is missing, e.g.
+            ``{"facts": "run `fmrilm describe` before `fmrilm tokenize`"}``.
+        setting_names: the caller's names for its settings, offered as the alternative fix in errors:
+            keys ``"folders"``, ``"splits"`` and ``"columns"`` (default: this function's parameter names).
+        needed_by: who needs the splits, named in the error for an empty one (e.g. ``"stage 2"``).
+
+    Returns:
+        {split name: ``datasets.Dataset``} for every name of ``splits``, and every name of
+        ``optional_splits`` with scans.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: empty or overlapping split names or no folders; a fingerprint that differs from
+            the processor's; a missing column; another number of codes per scan; a required split
+            without scans.
+    """
+    from datasets import concatenate_datasets, load_dataset
+
+    if isinstance(folders, (str, Path)) or not folders:
+        raise ValueError(f"folders must be a non-empty sequence of dataset folders, got {folders!r}.")
+    required_splits = _names(splits, "splits")
+    extra_splits = _names(optional_splits, "optional_splits")
+    wanted_splits = required_splits + extra_splits
+    if not required_splits or len(set(wanted_splits)) != len(wanted_splits):
+        raise ValueError(
+            f"splits must name at least one split and no split twice (with optional_splits), got splits="
+            f"{list(splits)} and optional_splits={list(optional_splits)}."
+        )
+    required = [codes_column] + [c for c in _names(required_columns, "required_columns") if c != codes_column]
+    settings = {"folders": "folders", "splits": "splits", "columns": "codes_column / required_columns"}
+    settings.update(setting_names or {})
+    hints = dict(column_hints or {})
+    source = processor_source or "PROCESSOR"
+    expected_fingerprint = processor_fingerprint(processor)
+    n_tokens = processor.num_fmri_tokens
+
+    parts: dict[str, list] = {name: [] for name in wanted_splits}
+    for folder in folders:
+        path = Path(folder)
+        if not path.is_dir():
+            steps = list(dict.fromkeys(hints[c] for c in required if c in hints))
+            other_columns = f" (for its other columns: {'; '.join(steps)})" if steps else ""
+            raise FileNotFoundError(
+                f"Dataset folder {path} not found; make one with `fmrilm tokenize DATASET --processor {source} --out "
+                f"{path}`{other_columns}, or fix {settings['folders']}."
+            )
+        recorded = recorded_fingerprint(path, codes_column)
+        if recorded is not None and recorded != expected_fingerprint:
+            raise ValueError(
+                f"The {codes_column!r} codes of {path} were made by a processor with fingerprint {recorded}, but the "
+                f"processor {source} has fingerprint {expected_fingerprint}: the code ids would mean other things. "
+                f"Re-tokenize the dataset with `fmrilm tokenize --processor {source}`."
+            )
+        loaded = load_dataset(str(path), cache_dir=None if cache_dir is None else str(cache_dir))
+        for name in wanted_splits:
+            if name not in loaded:
+                continue
+            split = loaded[name]
+            missing = [c for c in required if c not in split.column_names]
+            if missing:
+                fixes = [hints.get(c, "add it to the dataset") for c in missing if c != codes_column]
+                if codes_column in missing:
+                    fixes.append(f"run `fmrilm tokenize --processor {source}`")
+                raise ValueError(
+                    f"Split {name!r} of {path} has no column(s) {missing} (it has {split.column_names}): "
+                    f"{'; '.join(dict.fromkeys(fixes))}, or set {settings['columns']}."
+                )
+            length = getattr(split.features[codes_column], "length", -1)
+            if length != n_tokens:
+                held = f"{length} codes" if length >= 0 else "a variable number of codes"
+                raise ValueError(
+                    f"{path} holds {held} per scan in {codes_column!r}, but the fMRI tokenizer of the processor "
+                    f"{source} makes {n_tokens}: tokenize the dataset with `fmrilm tokenize --processor {source}`."
+                )
+            if keep_columns is not None:
+                kept = required + [c for c in keep_columns if c in split.column_names and c not in required]
+                split = split.select_columns(kept)
+            parts[name].append(split)
+
+    loaded_splits: dict[str, Dataset] = {}
+    for name, pieces in parts.items():
+        if sum(len(piece) for piece in pieces) == 0:
+            if name in extra_splits:
+                continue
+            raise ValueError(
+                f"No dataset in {[str(f) for f in folders]} has scans in a {name!r} split, which {needed_by} needs: "
+                f"add subjects to that split, or set {settings['splits']}."
+            )
+        shared = set.intersection(*(set(piece.column_names) for piece in pieces))
+        pieces = [piece.select_columns([c for c in piece.column_names if c in shared]) for piece in pieces]
+        loaded_splits[name] = concatenate_datasets(pieces) if len(pieces) > 1 else pieces[0]
+    return loaded_splits
 
 
 # --------------------------------------------------------------------------------------------------

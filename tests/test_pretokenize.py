@@ -1,7 +1,9 @@
-"""`fmrilm tokenize` and pretokenize_dataset: an int16 fmri_codes column equal to processor.tokenize_fmri."""
+"""`fmrilm tokenize` and pretokenize_dataset: an int16 fmri_codes column equal to processor.tokenize_fmri;
+load_pretokenized_splits: the checked reader of such folders that stages 2 and 3 share."""
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +18,10 @@ from fmrilm.modeling_fmri_tokenizer import FmriTokenizerModel
 from fmrilm.pretokenize import (
     CODES_COLUMN,
     add_tokenize_command,
+    load_pretokenized_splits,
     pretokenize_dataset,
     processor_fingerprint,
+    recorded_fingerprint,
     write_pretokenized_dataset,
 )
 from fmrilm.processing_fmrilm import PAD_CODE, FmriLMProcessor
@@ -194,3 +198,125 @@ def test_writing_without_source_build_info_still_records_the_codes(processor_fol
     assert build_info["options"][CODES_COLUMN]["fingerprint"] == info.fingerprint
     reloaded = load_dataset(str(written.path), split="train", cache_dir=str(tmp_path / "c"))
     np.testing.assert_array_equal(np.asarray(reloaded[CODES_COLUMN]), np.asarray(tokenized["train"][CODES_COLUMN]))
+
+
+# ---- load_pretokenized_splits: the reader shared by stages 2 and 3 --------------------------------
+
+
+def scan_rows(prefix: str, n: int, seed: int) -> Dataset:
+    """``n`` short random scans (40 TRs at 2 s) with the fmri-lm schema, ids ``{prefix}0``, ``{prefix}1`` ..."""
+    rng = np.random.default_rng(seed)
+    rows = {
+        "scan_id": [f"{prefix}{i}" for i in range(n)], "subject_id": [f"{prefix}-sub{i}" for i in range(n)],
+        "session_id": [""] * n, "dataset": ["x"] * n, "atlas": ["AAL2"] * n, "tr": [2.0] * n,
+        "n_timepoints": [40] * n, "n_rois": [N_ROIS] * n,
+        "bold": [rng.normal(size=(40, N_ROIS)).astype(np.float32) for _ in range(n)], "synthetic": [True] * n,
+    }  # fmt: skip
+    return Dataset.from_dict(rows, features=scan_features(N_ROIS))
+
+
+@pytest.fixture(scope="module")
+def tokenized_folders(tmp_path_factory, processor_folder):
+    """Folder ``a`` (train: 2 scans with an extra ``facts`` column, validation: 1), folder ``b`` (train: 3, no
+    validation), both tokenized by the ``processor_folder`` processor, and ``plain`` (train, no codes)."""
+    root = tmp_path_factory.mktemp("tokenized")
+    processor = FmriLMProcessor.from_pretrained(processor_folder)
+    a_train = scan_rows("a", 2, seed=1)
+    a_train = a_train.add_column("facts", [f"fact {i}" for i in range(len(a_train))])
+    sources = {
+        "a": DatasetDict({"train": a_train, "validation": scan_rows("av", 1, seed=2)}),
+        "b": DatasetDict({"train": scan_rows("b", 3, seed=3)}),
+    }
+    for name, dataset in sources.items():
+        tokenized, info = pretokenize_dataset(dataset, processor, source=str(processor_folder))
+        write_pretokenized_dataset(tokenized, root / "no-source", root / name, info)
+    plain = DatasetDict({"train": scan_rows("p", 1, seed=4)})
+    write_pretokenized_dataset(plain, root / "no-source", root / "plain", info)
+    return root
+
+
+def test_pretokenized_splits_are_concatenated_across_folders_on_their_shared_columns(
+    tokenized_folders, processor_folder, tmp_path
+):
+    processor = FmriLMProcessor.from_pretrained(processor_folder)
+    folders = [tokenized_folders / "a", tokenized_folders / "b"]
+    splits = load_pretokenized_splits(
+        folders, processor, splits=["train", "validation"], optional_splits=["test"], cache_dir=tmp_path / "c"
+    )
+    assert sorted(splits) == ["train", "validation"]  # no folder has a test split: left out
+    assert splits["train"]["scan_id"] == ["a0", "a1", "b0", "b1", "b2"]  # in folder order
+    assert "facts" not in splits["train"].column_names  # only folder a has it
+    assert splits["validation"]["scan_id"] == ["av0"]  # folder b lacks the split
+    separate = [load_dataset(str(f), split="train", cache_dir=str(tmp_path / "c")) for f in folders]
+    np.testing.assert_array_equal(
+        np.asarray(splits["train"][CODES_COLUMN]), np.concatenate([np.asarray(s[CODES_COLUMN]) for s in separate])
+    )
+    one = load_pretokenized_splits(
+        folders[:1], processor, splits=["train"], required_columns=["scan_id"], keep_columns=["facts", "absent"],
+        cache_dir=tmp_path / "c",
+    )  # fmt: skip
+    assert sorted(one["train"].column_names) == sorted([CODES_COLUMN, "scan_id", "facts"])
+    with pytest.raises(ValueError, match=r"No dataset in .*'test' split, which stage 9 needs.*or set my.splits"):
+        load_pretokenized_splits(
+            folders, processor, splits=["train", "test"], cache_dir=tmp_path / "c", needed_by="stage 9",
+            setting_names={"splits": "my.splits"},
+        )  # fmt: skip
+
+
+def test_recorded_fingerprint_reads_build_info_and_is_none_without_a_record(
+    tokenized_folders, processor_folder, tmp_path
+):
+    processor = FmriLMProcessor.from_pretrained(processor_folder)
+    assert recorded_fingerprint(tokenized_folders / "a") == processor_fingerprint(processor)
+    assert recorded_fingerprint(tokenized_folders / "a", "other_codes") is None
+    assert recorded_fingerprint(tmp_path) is None  # no build_info.json
+    (tmp_path / "build_info.json").write_text("{not json", encoding="utf-8")
+    assert recorded_fingerprint(tmp_path) is None
+
+
+def test_codes_from_another_processor_are_refused(tokenized_folders, tmp_path):
+    with pytest.raises(ValueError, match=r"codes of .*[/\\]b were made by a processor with fingerprint .*"
+                                         r"Re-tokenize the dataset with `fmrilm tokenize --processor other/proc`"):  # fmt: skip
+        load_pretokenized_splits(
+            [tokenized_folders / "b"], tiny_processor(seed=1), splits=["train"], cache_dir=tmp_path / "c",
+            processor_source="other/proc",
+        )  # fmt: skip
+
+
+def test_another_number_of_codes_per_scan_is_refused(tokenized_folders, tmp_path):
+    unrecorded = tmp_path / "unrecorded"
+    shutil.copytree(tokenized_folders / "b", unrecorded)
+    (unrecorded / "build_info.json").unlink()  # no fingerprint to compare: the code count still catches it
+    shape = dict(n_rois=N_ROIS, max_timepoints=2 * MAX_TIMEPOINTS, patch_size=PATCH_SIZE)
+    longer = FmriLMProcessor(
+        FmriFeatureExtractor(**shape), fmri_tokenizer=FmriTokenizerModel(FmriTokenizerConfig.preset("tiny", **shape))
+    )
+    assert longer.num_fmri_tokens != N_TOKENS
+    with pytest.raises(
+        ValueError, match=rf"unrecorded holds {N_TOKENS} codes per scan .* makes {longer.num_fmri_tokens}"
+    ):
+        load_pretokenized_splits([unrecorded], longer, splits=["train"], cache_dir=tmp_path / "c")
+
+
+def test_missing_columns_and_folders_are_refused_with_the_fix(tokenized_folders, processor_folder, tmp_path):
+    processor = FmriLMProcessor.from_pretrained(processor_folder)
+    describe = "run `fmrilm describe` before `fmrilm tokenize`"
+    options = dict(
+        splits=["train"], required_columns=["facts"], cache_dir=tmp_path / "c", processor_source=str(processor_folder),
+        column_hints={"facts": describe}, setting_names={"columns": "data.facts_column", "folders": "data.datasets"},
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError, match=rf"'train' of .*[/\\]b has no column\(s\) \['facts'\].*{describe}, or set data.facts_column"
+    ):
+        load_pretokenized_splits([tokenized_folders / "a", tokenized_folders / "b"], processor, **options)
+    with pytest.raises(ValueError, match=r"no column\(s\) \['fmri_codes', 'facts'\].*run `fmrilm tokenize --processor"):
+        load_pretokenized_splits([tokenized_folders / "plain"], processor, **options)
+    with pytest.raises(
+        FileNotFoundError, match=rf"missing not found; make one with `fmrilm tokenize .*{describe}.*data.datasets"
+    ):
+        load_pretokenized_splits([tmp_path / "missing"], processor, **options)
+    for bad in ({"splits": []}, {"splits": ["train", "train"]}, {"splits": ["train"], "optional_splits": ["train"]}):
+        with pytest.raises(ValueError, match="splits must name at least one split and no split twice"):
+            load_pretokenized_splits([tokenized_folders / "a"], processor, **bad)
+    with pytest.raises(ValueError, match="folders must be a non-empty sequence"):
+        load_pretokenized_splits(str(tokenized_folders / "a"), processor, splits=["train"])

@@ -447,80 +447,30 @@ class AlignmentCollator:
         return batch
 
 
-def _dataset_fingerprint(folder: Path, codes_column: str) -> str | None:
-    """The processor fingerprint recorded by ``fmrilm tokenize`` in the folder's build_info.json, if any."""
-    info_file = folder / "build_info.json"
-    if not info_file.is_file():
-        return None
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    entry = (info.get("options") or {}).get(codes_column)
-    return entry.get("fingerprint") if isinstance(entry, Mapping) else None
-
-
 def _load_splits(config: Stage2Config, processor, cache_dir: Path) -> tuple[Any, Any]:
     """(train split, validation split), checked against the processor and the target settings."""
-    from datasets import concatenate_datasets, load_dataset
-
-    from ..pretokenize import processor_fingerprint
+    from ..pretokenize import load_pretokenized_splits
 
     data = config.data
-    wanted = ["scan_id", data.codes_column]
-    wanted.append(data.facts_column if data.target_source == "facts" else data.text_column)
-    optional = [data.facts_column, data.text_column]
-    expected_fingerprint = processor_fingerprint(processor)
-    n_tokens = processor.num_fmri_tokens
-    parts: dict[str, list] = {data.train_split: [], data.validation_split: []}
-    for folder in data.datasets:
-        path = Path(folder)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"Dataset folder {path} not found; make one with `fmrilm describe ...` then `fmrilm tokenize ... --processor "
-                f"{config.model.processor} --out {path}`, or fix data.datasets."
-            )
-        recorded = _dataset_fingerprint(path, data.codes_column)
-        if recorded is not None and recorded != expected_fingerprint:
-            raise ValueError(
-                f"The {data.codes_column!r} codes of {path} were made by a processor with fingerprint {recorded}, but "
-                f"model.processor ({config.model.processor}) has fingerprint {expected_fingerprint}: the code ids would "
-                f"mean other things. Re-tokenize the dataset with `fmrilm tokenize --processor {config.model.processor}`."
-            )
-        loaded = load_dataset(str(path), cache_dir=str(cache_dir))
-        for split_name in parts:
-            if split_name not in loaded:
-                continue
-            split = loaded[split_name]
-            missing = [c for c in wanted if c not in split.column_names]
-            if missing:
-                hint = (
-                    "run `fmrilm tokenize`"
-                    if data.codes_column in missing
-                    else "run `fmrilm describe` before `fmrilm tokenize`"
-                )
-                raise ValueError(
-                    f"Split {split_name!r} of {path} has no column(s) {missing} (it has {split.column_names}): {hint}, "
-                    "or set data.codes_column / data.facts_column / data.text_column / data.target_source."
-                )
-            length = split.features[data.codes_column].length
-            if length != n_tokens:
-                raise ValueError(
-                    f"{path} holds {length} codes per scan, but the processor's fMRI tokenizer makes {n_tokens}: tokenize "
-                    "the dataset with model.processor."
-                )
-            columns = wanted + [c for c in optional if c in split.column_names and c not in wanted]
-            parts[split_name].append(split.select_columns(columns))
-    splits = {}
-    for split_name, pieces in parts.items():
-        if not pieces or sum(len(p) for p in pieces) == 0:
-            raise ValueError(
-                f"No dataset in {data.datasets} has scans in a {split_name!r} split; stage 2 needs training and held-out "
-                "validation subjects: add subjects, or set data.train_split / data.validation_split."
-            )
-        columns = set.intersection(*(set(p.column_names) for p in pieces))
-        pieces = [p.select_columns([c for c in p.column_names if c in columns]) for p in pieces]
-        splits[split_name] = concatenate_datasets(pieces) if len(pieces) > 1 else pieces[0]
+    target_column = data.facts_column if data.target_source == "facts" else data.text_column
+    describe = "run `fmrilm describe` before `fmrilm tokenize`"
+    splits = load_pretokenized_splits(
+        data.datasets,
+        processor,
+        splits=[data.train_split, data.validation_split],
+        required_columns=["scan_id", target_column],
+        keep_columns=[data.facts_column, data.text_column],
+        codes_column=data.codes_column,
+        cache_dir=cache_dir,
+        processor_source=str(config.model.processor),
+        column_hints={data.facts_column: describe, data.text_column: describe},
+        setting_names={
+            "folders": "data.datasets",
+            "splits": "data.train_split / data.validation_split",
+            "columns": "data.codes_column / data.facts_column / data.text_column / data.target_source",
+        },
+        needed_by="stage 2",
+    )
     return splits[data.train_split], splits[data.validation_split]
 
 

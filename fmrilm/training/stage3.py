@@ -978,67 +978,26 @@ class Stage3Result:
     test: dict[str, float] | None
 
 
-def _dataset_fingerprint(folder: Path, codes_column: str) -> str | None:
-    from .stage2 import _dataset_fingerprint as recorded
-
-    return recorded(folder, codes_column)
-
-
 def _load_splits(config: Stage3Config, processor, cache_dir: Path) -> dict[str, Any]:
     """{split name: concatenated split} for train, validation and (when present) test."""
-    from datasets import concatenate_datasets, load_dataset
-
-    from ..pretokenize import processor_fingerprint
+    from ..pretokenize import load_pretokenized_splits
 
     data = config.data
-    expected = processor_fingerprint(processor)
-    n_tokens = processor.num_fmri_tokens
-    wanted = [data.train_split, data.validation_split] + ([data.test_split] if data.test_split else [])
-    parts: dict[str, list] = {name: [] for name in wanted}
-    for folder in data.datasets:
-        path = Path(folder)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"Dataset folder {path} not found; make one with `fmrilm tokenize ... --processor {config.model.path} "
-                f"--out {path}`, or fix data.datasets."
-            )
-        recorded = _dataset_fingerprint(path, data.codes_column)
-        if recorded is not None and recorded != expected:
-            raise ValueError(
-                f"The {data.codes_column!r} codes of {path} were made by a processor with fingerprint {recorded}, but the "
-                f"stage-2 model's processor ({config.model.path}) has fingerprint {expected}: the code ids would mean other "
-                f"things. Re-tokenize the dataset with `fmrilm tokenize --processor {config.model.path}`."
-            )
-        loaded = load_dataset(str(path), cache_dir=str(cache_dir))
-        for name in wanted:
-            if name not in loaded:
-                continue
-            split = loaded[name]
-            if data.codes_column not in split.column_names:
-                raise ValueError(
-                    f"Split {name!r} of {path} has no {data.codes_column!r} column (it has {split.column_names}): run "
-                    "`fmrilm tokenize` first, or set data.codes_column."
-                )
-            length = split.features[data.codes_column].length
-            if length != n_tokens:
-                raise ValueError(
-                    f"{path} holds {length} codes per scan, but the model's processor makes {n_tokens}: tokenize the "
-                    "dataset with the stage-2 model's processor."
-                )
-            parts[name].append(split)
-    splits = {}
-    for name, pieces in parts.items():
-        if not pieces or sum(len(p) for p in pieces) == 0:
-            if name == data.test_split:
-                continue
-            raise ValueError(
-                f"No dataset in {data.datasets} has scans in a {name!r} split; stage 3 needs training and held-out "
-                "validation subjects: add subjects, or set data.train_split / data.validation_split."
-            )
-        columns = set.intersection(*(set(p.column_names) for p in pieces))
-        pieces = [p.select_columns([c for c in p.column_names if c in columns]) for p in pieces]
-        splits[name] = concatenate_datasets(pieces) if len(pieces) > 1 else pieces[0]
-    return splits
+    return load_pretokenized_splits(
+        data.datasets,
+        processor,
+        splits=[data.train_split, data.validation_split],
+        optional_splits=[data.test_split] if data.test_split else [],
+        codes_column=data.codes_column,
+        cache_dir=cache_dir,
+        processor_source=str(config.model.path),
+        setting_names={
+            "folders": "data.datasets",
+            "splits": "data.train_split / data.validation_split / data.test_split",
+            "columns": "data.codes_column",
+        },
+        needed_by="stage 3",
+    )
 
 
 def _codes(split, column: str) -> np.ndarray:
