@@ -524,16 +524,23 @@ def _require_online(action: str) -> None:
 def _commit_folder(
     folder: Path,
     repo_id: str,
+    what: str,
+    card: Any,
     *,
-    card_text: str,
     replacements: Mapping[str, bytes] | None = None,
     token: str | None,
     private: bool | None,
     commit_message: str,
 ) -> PushResult:
-    """Create ``repo_id`` if needed, then ONE commit: the folder's files, the card, and deletions of stale files."""
+    """Publish the ``what`` (``"model"``) in ``folder``, its ``card`` (``str(card)``) as the README.
+
+    Refuses in offline mode (nothing sent); else creates ``repo_id`` if needed, then ONE commit: the
+    folder's files (``replacements``: new contents by path), the card, and deletions of stale files.
+    """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
+    _require_online(f"pushing the {what}")
+    card_text = str(card)
     api = HfApi(token=token)
     files = _folder_files(folder)
     with _explained_hub_errors("creating the repository", repo_id, api.endpoint):
@@ -585,9 +592,7 @@ def push_model(
     check_repo_id(repo_id)
     check_model_folder(folder)
     card = model_card(folder, repo_id, base_model=base_model, datasets=datasets, results=results)
-    _require_online("pushing the model")
-    return _commit_folder(folder, repo_id, card_text=str(card), token=token, private=private,
-                          commit_message=commit_message)  # fmt: skip
+    return _commit_folder(folder, repo_id, "model", card, token=token, private=private, commit_message=commit_message)
 
 
 def push_adapter(
@@ -630,8 +635,7 @@ def push_adapter(
 
     card = adapter_card(folder, repo_id, base_model_repo_id, datasets=datasets, results=results,
                         processor_config=processor_config, endpoint=constants.ENDPOINT)  # fmt: skip
-    _require_online("pushing the adapter")
-    return _commit_folder(folder, repo_id, card_text=str(card), replacements={"adapter_config.json": rewritten},
+    return _commit_folder(folder, repo_id, "adapter", card, replacements={"adapter_config.json": rewritten},
                           token=token, private=private, commit_message=commit_message)  # fmt: skip
 
 
@@ -649,8 +653,7 @@ def push_processor(
     check_repo_id(repo_id)
     check_processor_folder(folder)
     card = processor_card(folder, repo_id, datasets=datasets)
-    _require_online("pushing the processor")
-    return _commit_folder(folder, repo_id, card_text=str(card), token=token, private=private,
+    return _commit_folder(folder, repo_id, "processor", card, token=token, private=private,
                           commit_message=commit_message)  # fmt: skip
 
 

@@ -88,6 +88,8 @@ DEFAULT_MAX_NEW_TOKENS = 128
 _CHAT_TEMPLATE_MODES = ("auto", "always", "never")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _INPUT_KEYS = ("fmri", "tr", "fmri_codes")
+#: Call arguments both pipelines take: how inputs become codes, and how the prompt is rendered.
+_SCAN_OPTIONS = ("tr", "atlas_image", "atlas", "crop_strategy", "chat_template", "system", "chat_template_kwargs")
 _GENERATION_KEYS = frozenset(key for key in vars(GenerationConfig()) if not key.startswith("_"))
 _INSTALL_HINT = "pip install fmri-lm"
 
@@ -382,6 +384,9 @@ def _concatenated_items(items: list[dict[str, Any]]) -> dict[str, Any]:
 class _FmriPipeline(Pipeline):
     """What both pipelines share: the processor, inputs -> codes and prompts, batching with left padding."""
 
+    #: The task name the pipeline is registered under.
+    _task_name: str
+
     # Only our processor is loaded (tokenizer and feature extractor are its parts); transformers
     # would otherwise load the bare text tokenizer.
     _load_processor = True
@@ -409,9 +414,21 @@ class _FmriPipeline(Pipeline):
         self.feature_extractor = processor.feature_extractor
         processor.fmri_tokenizer.to(self.device)
 
+    def _split_scan_options(
+        self, kwargs: dict[str, Any], takes: str, allowed: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """Remove the :data:`_SCAN_OPTIONS` from a call's ``kwargs`` and return them; what is left must be in
+        ``allowed`` (ValueError naming what the pipeline ``takes`` otherwise)."""
+        scan_options = {name: kwargs.pop(name) for name in _SCAN_OPTIONS if name in kwargs}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ValueError(f"Unknown option(s) {unknown} for the {self._task_name} pipeline; it takes {takes}.")
+        return scan_options
+
     def _sanitize_scan_options(
         self,
         params: dict[str, Any],
+        forward_params: dict[str, Any],
         *,
         tr: Any = None,
         atlas_image: Any = None,
@@ -421,11 +438,12 @@ class _FmriPipeline(Pipeline):
         system: str | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        """Put the given input and prompt options into the preprocess ``params``."""
+        """Put the given input and prompt options into the preprocess ``params`` (and the chat-template mode,
+        which decides whether special tokens are added, into ``forward_params`` too)."""
         if crop_strategy is not None and not isinstance(crop_strategy, str):
             raise ValueError(f"crop_strategy must be 'start', 'center' or 'random', got {crop_strategy!r}.")
         if chat_template is not None:
-            params["chat_template"] = _checked_chat_mode(chat_template)
+            params["chat_template"] = forward_params["chat_template"] = _checked_chat_mode(chat_template)
         if system is not None and not isinstance(system, str):
             raise ValueError(f"system must be a string (the system message), got {type(system).__name__}.")
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, Mapping):
@@ -433,6 +451,26 @@ class _FmriPipeline(Pipeline):
         given = dict(tr=tr, atlas_image=atlas_image, atlas=atlas, crop_strategy=crop_strategy, system=system,
                      chat_template_kwargs=chat_template_kwargs)  # fmt: skip
         params.update({name: value for name, value in given.items() if value is not None})
+
+    def _model_inputs(
+        self,
+        inputs: Any,
+        prompt: str,
+        *,
+        chat_template: str = "auto",
+        system: str | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+        tr: Any = None,
+        atlas_image: Any = None,
+        atlas: Any = None,
+        crop_strategy: str | None = None,
+    ) -> dict[str, Any]:
+        """One input and its prompt -> ``{"prompt": [rendered prompt], "fmri_codes": (1, N)}``."""
+        codes = _input_codes(
+            inputs, self.processor, tr=tr, atlas_image=atlas_image, atlas=atlas, crop_strategy=crop_strategy
+        )
+        rendered = _rendered_prompt(self.processor, prompt, chat_template, system, chat_template_kwargs)
+        return {"prompt": [rendered], "fmri_codes": codes}
 
     def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(inputs, tuple):
@@ -488,6 +526,7 @@ class FmriToTextPipeline(_FmriPipeline):
         tokens only, special tokens dropped, surrounding spaces stripped.
     """
 
+    _task_name = FMRI_TO_TEXT
     _pipeline_calls_generate = True
     _default_generation_config = GenerationConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 
@@ -503,31 +542,21 @@ class FmriToTextPipeline(_FmriPipeline):
     def _sanitize_parameters(
         self,
         prompt: str | None = None,
-        tr: Any = None,
-        atlas_image: Any = None,
-        atlas: Any = None,
-        crop_strategy: str | None = None,
-        chat_template: str | None = None,
-        system: str | None = None,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
         max_new_tokens: int | None = None,
         generate_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        unknown = sorted(set(kwargs) - _GENERATION_KEYS)
-        if unknown:
-            raise ValueError(
-                f"Unknown option(s) {unknown} for the fmri-to-text pipeline; it takes tr, prompt, chat_template, system, "
-                "chat_template_kwargs, atlas_image, atlas, crop_strategy, max_new_tokens, generate_kwargs and "
-                "GenerationConfig fields."
-            )
+        """``kwargs``: the :data:`_SCAN_OPTIONS` (see :meth:`_sanitize_scan_options`) and GenerationConfig fields."""
+        takes = (
+            "tr, prompt, chat_template, system, chat_template_kwargs, atlas_image, atlas, crop_strategy, "
+            "max_new_tokens, generate_kwargs and GenerationConfig fields"
+        )
+        scan_options = self._split_scan_options(kwargs, takes, allowed=_GENERATION_KEYS)
         preprocess: dict[str, Any] = {}
+        forward: dict[str, Any] = {}
         if prompt is not None:
             preprocess["prompt"] = _checked_prompt(prompt, "prompt")
-        self._sanitize_scan_options(
-            preprocess, tr=tr, atlas_image=atlas_image, atlas=atlas, crop_strategy=crop_strategy,
-            chat_template=chat_template, system=system, chat_template_kwargs=chat_template_kwargs,
-        )  # fmt: skip
+        self._sanitize_scan_options(preprocess, forward, **scan_options)
         if generate_kwargs is not None and not isinstance(generate_kwargs, Mapping):
             raise ValueError(
                 f"generate_kwargs must be a dict of generate() arguments, got {type(generate_kwargs).__name__}."
@@ -538,29 +567,14 @@ class FmriToTextPipeline(_FmriPipeline):
                 raise ValueError("max_new_tokens is given twice (argument and generate_kwargs); give it once.")
             settings["max_new_tokens"] = max_new_tokens
         # Only what is given: a call's parameters are merged over those given at construction.
-        forward: dict[str, Any] = {"generate_kwargs": settings} if settings else {}
-        if chat_template is not None:
-            forward["chat_template"] = preprocess["chat_template"]
+        if settings:
+            forward["generate_kwargs"] = settings
         return preprocess, forward, {}
 
-    def preprocess(
-        self,
-        inputs: Any,
-        prompt: str = DEFAULT_DESCRIBE_PROMPT,
-        chat_template: str = "auto",
-        system: str | None = None,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
-        tr: Any = None,
-        atlas_image: Any = None,
-        atlas: Any = None,
-        crop_strategy: str | None = None,
-    ) -> dict[str, Any]:
-        """One input -> ``{"prompt": [rendered prompt], "fmri_codes": (1, N)}``."""
-        codes = _input_codes(
-            inputs, self.processor, tr=tr, atlas_image=atlas_image, atlas=atlas, crop_strategy=crop_strategy
-        )
-        rendered = _rendered_prompt(self.processor, prompt, chat_template, system, chat_template_kwargs)
-        return {"prompt": [rendered], "fmri_codes": codes}
+    def preprocess(self, inputs: Any, prompt: str = DEFAULT_DESCRIBE_PROMPT, **scan_options: Any) -> dict[str, Any]:
+        """One input -> ``{"prompt": [rendered prompt], "fmri_codes": (1, N)}`` (``scan_options``: see
+        :meth:`_model_inputs`)."""
+        return self._model_inputs(inputs, prompt, **scan_options)
 
     def _forward(
         self,
@@ -608,27 +622,22 @@ class ZeroShotFmriClassificationPipeline(_FmriPipeline):
         For each input ``[{"label": str, "score": float}, ...]``, sorted by score, highest first.
     """
 
+    _task_name = ZERO_SHOT_FMRI_CLASSIFICATION
+
     def _sanitize_parameters(
         self,
         candidate_labels: Sequence[str] | None = None,
         question: str | None = None,
         hypothesis_template: str | None = None,
         normalize: str | None = None,
-        tr: Any = None,
-        atlas_image: Any = None,
-        atlas: Any = None,
-        crop_strategy: str | None = None,
-        chat_template: str | None = None,
-        system: str | None = None,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        if kwargs:
-            raise ValueError(
-                f"Unknown option(s) {sorted(kwargs)} for the zero-shot-fmri-classification pipeline; it takes "
-                "candidate_labels, question, hypothesis_template, normalize, tr, chat_template, system, "
-                "chat_template_kwargs, atlas_image, atlas and crop_strategy."
-            )
+        """``kwargs``: the :data:`_SCAN_OPTIONS` (see :meth:`_sanitize_scan_options`)."""
+        takes = (
+            "candidate_labels, question, hypothesis_template, normalize, tr, chat_template, system, "
+            "chat_template_kwargs, atlas_image, atlas and crop_strategy"
+        )
+        scan_options = self._split_scan_options(kwargs, takes)
         preprocess: dict[str, Any] = {}
         forward: dict[str, Any] = {}
         postprocess: dict[str, Any] = {}
@@ -643,12 +652,7 @@ class ZeroShotFmriClassificationPipeline(_FmriPipeline):
             if normalize not in ("sum", "mean"):
                 raise ValueError(f"normalize must be 'sum' or 'mean', got {normalize!r}.")
             forward["normalize"] = normalize
-        self._sanitize_scan_options(
-            preprocess, tr=tr, atlas_image=atlas_image, atlas=atlas, crop_strategy=crop_strategy,
-            chat_template=chat_template, system=system, chat_template_kwargs=chat_template_kwargs,
-        )  # fmt: skip
-        if chat_template is not None:
-            forward["chat_template"] = preprocess["chat_template"]
+        self._sanitize_scan_options(preprocess, forward, **scan_options)
         return preprocess, forward, postprocess
 
     def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
@@ -662,21 +666,12 @@ class ZeroShotFmriClassificationPipeline(_FmriPipeline):
         candidate_labels: tuple[str, ...] = (),
         question: str | None = None,
         hypothesis_template: str | None = None,
-        chat_template: str = "auto",
-        system: str | None = None,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
-        tr: Any = None,
-        atlas_image: Any = None,
-        atlas: Any = None,
-        crop_strategy: str | None = None,
+        **scan_options: Any,
     ) -> dict[str, Any]:
-        """One input -> ``{"prompt": [rendered prompt], "fmri_codes": (1, N)}``."""
+        """One input -> ``{"prompt": [rendered prompt], "fmri_codes": (1, N)}`` (``scan_options``: see
+        :meth:`_model_inputs`)."""
         prompt = _hypothesis_prompt(hypothesis_template, question, candidate_labels)
-        codes = _input_codes(
-            inputs, self.processor, tr=tr, atlas_image=atlas_image, atlas=atlas, crop_strategy=crop_strategy
-        )
-        rendered = _rendered_prompt(self.processor, prompt, chat_template, system, chat_template_kwargs)
-        return {"prompt": [rendered], "fmri_codes": codes}
+        return self._model_inputs(inputs, prompt, **scan_options)
 
     def _forward(
         self,

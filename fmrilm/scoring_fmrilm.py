@@ -20,7 +20,7 @@ Remote-code safe: imports only torch, numpy, transformers and its remote-code-sa
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -280,12 +280,17 @@ def _prompt_batches(
     return batches
 
 
-def _encode_prompts(processor: Any, prompts: list[str], codes: torch.Tensor | None, add_special_tokens: bool):
-    options = {"fmri_codes": codes} if codes is not None and codes.shape[0] else {}
-    return processor(
-        text=prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=add_special_tokens,
-        **options,
-    )  # fmt: skip
+def _encoded_batches(
+    processor: Any, prompts: Sequence[str], fmri_codes: Any, batch_size: int, add_special_tokens: bool
+) -> Iterator[Any]:
+    """The prompts with their code rows, ``batch_size`` prompts at a time, through the processor (left padding):
+    per batch ``input_ids`` and ``attention_mask`` (B, L), and ``fmri_codes`` when the batch holds scans."""
+    for prompts_chunk, codes in _prompt_batches(prompts, fmri_codes, batch_size):
+        options = {"fmri_codes": codes} if codes is not None and codes.shape[0] else {}
+        yield processor(
+            text=prompts_chunk, return_tensors="pt", padding=True, padding_side="left",
+            add_special_tokens=add_special_tokens, **options,
+        )  # fmt: skip
 
 
 def score_candidates(
@@ -321,8 +326,7 @@ def score_candidates(
     _checked_normalize(normalize)
     candidate_ids = tokenize_candidates(processor.tokenizer, candidates, append_eos=append_eos)
     scores = []
-    for chunk_prompts, chunk_codes in _prompt_batches(prompts, fmri_codes, batch_size):
-        inputs = _encode_prompts(processor, chunk_prompts, chunk_codes, add_special_tokens)
+    for inputs in _encoded_batches(processor, prompts, fmri_codes, batch_size, add_special_tokens):
         batch_scores = candidate_log_likelihoods(
             model, inputs["input_ids"], inputs["attention_mask"], inputs.get("fmri_codes"), candidate_ids,
             normalize=normalize, candidates_per_pass=candidates_per_pass,
@@ -420,9 +424,8 @@ def constrained_generate(
     model.eval()
     answers: list[str] = []
     try:
-        for chunk_prompts, chunk_codes in _prompt_batches(prompts, fmri_codes, batch_size):
-            inputs = _encode_prompts(processor, chunk_prompts, chunk_codes, add_special_tokens)
-            inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+        for encoded in _encoded_batches(processor, prompts, fmri_codes, batch_size, add_special_tokens):
+            inputs = {name: tensor.to(device) for name, tensor in encoded.items()}
             prompt_length = inputs["input_ids"].shape[1]
 
             def allowed_tokens(_row: int, sequence: torch.Tensor, start: int = prompt_length) -> list[int]:

@@ -38,7 +38,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -150,11 +150,6 @@ def _raw_key(value: Any) -> Any:
     return value
 
 
-def _unique_lookup(values: Sequence[Any], lookup: Any) -> np.ndarray:
-    """Apply ``lookup(normalised raw key or None) -> label`` once per distinct raw value."""
-    return _map_distinct([None if _is_missing(v) else _raw_key(v) for v in values], lookup)
-
-
 def _map_distinct(keys: Sequence[Any], lookup: Any) -> np.ndarray:
     """float64 array of ``lookup(key)`` per row, evaluating ``lookup`` once per distinct key."""
     distinct: dict[Any, int] = {}
@@ -177,6 +172,37 @@ class RowLabels:
     unknown: int
     unknown_examples: tuple[str, ...] = ()
 
+    @classmethod
+    def from_masks(cls, raw: Sequence[Any], values: np.ndarray, missing: np.ndarray, unknown: np.ndarray) -> RowLabels:
+        """Labels ``values`` of the raw column values ``raw``; ``missing`` / ``unknown`` are bool row masks of the
+        rows without a label (no value / a value not recognised, up to five of which are quoted as examples)."""
+        examples = tuple(sorted({repr(raw[i]) for i in np.flatnonzero(unknown)})[:5])
+        return cls(values, int(missing.sum()), int(unknown.sum()), examples)
+
+
+def _lookup_row_labels(raw: Sequence[Any], key_of: Any, classes: Mapping[Any, float]) -> RowLabels:
+    """Class labels of raw values: ``classes[key_of(value)]`` per present value, looked up once per distinct key.
+
+    Missing values (None, NaN, "", "n/a") get no label; present values whose key is not in ``classes``
+    get none either and count as unknown.
+    """
+    missing = np.array([_is_missing(v) for v in raw], dtype=bool)
+    keys = [None if m else key_of(v) for v, m in zip(raw, missing)]
+    values = _map_distinct(keys, lambda key: np.nan if key is None else classes.get(key, np.nan))
+    return RowLabels.from_masks(raw, values, missing, ~missing & np.isnan(values))
+
+
+def _numeric_row_labels(raw: Sequence[Any], to_labels: Any) -> RowLabels:
+    """Labels ``to_labels(values)`` (float64 in, float64 out, same shape) of a numeric column.
+
+    Rows whose value is missing, or whose label is NaN, get no label and count as missing; values that
+    are not numbers (``"abc"``) get none and count as unknown.
+    """
+    numbers, unreadable = _numeric(raw)
+    labels = np.asarray(to_labels(numbers), dtype=np.float64)
+    labels[np.isnan(numbers)] = np.nan
+    return RowLabels.from_masks(raw, labels, np.isnan(labels) & ~unreadable, unreadable)
+
 
 @runtime_checkable
 class LabelSource(Protocol):
@@ -198,8 +224,32 @@ class LabelSource(Protocol):
     def fit(self, split: Any, task_name: str) -> LabelSource: ...
 
 
+_Source = TypeVar("_Source")
+
+
+class _NothingToFit:
+    """Base of label sources without training-split statistics: ``fit`` returns the source itself."""
+
+    @property
+    def needs_fit(self) -> bool:
+        return False
+
+    def fit(self: _Source, split: Any, task_name: str) -> _Source:
+        return self
+
+
+class _OneColumn(_NothingToFit):
+    """Base of label sources that read one ``column`` of the split."""
+
+    column: str
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+
 @dataclass(frozen=True)
-class ClassColumn:
+class ClassColumn(_OneColumn):
     """Classification from a column of raw values: ``values`` maps raw value -> class index.
 
     Strings are matched stripped and case-insensitively; numbers by value (``1``, ``1.0``, ``"1"``
@@ -234,31 +284,15 @@ class ClassColumn:
         return hash((self.column, tuple(sorted(map(repr, self._table.items())))))
 
     @property
-    def columns(self) -> tuple[str, ...]:
-        return (self.column,)
-
-    @property
-    def needs_fit(self) -> bool:
-        return False
-
-    @property
     def n_classes(self) -> int:
         return max(self._table.values()) + 1
 
-    def fit(self, split: Any, task_name: str) -> ClassColumn:
-        return self
-
     def row_labels(self, split: Any, task_name: str) -> RowLabels:
-        raw = _column(split, self.column, task_name)
-        missing = np.array([_is_missing(v) for v in raw], dtype=bool)
-        values = _unique_lookup(raw, lambda key: np.nan if key is None else self._table.get(key, np.nan))
-        unknown = ~missing & np.isnan(values)
-        examples = tuple(sorted({repr(raw[i]) for i in np.flatnonzero(unknown)})[:5])
-        return RowLabels(values, int(missing.sum()), int(unknown.sum()), examples)
+        return _lookup_row_labels(_column(split, self.column, task_name), _raw_key, self._table)
 
 
 @dataclass(frozen=True)
-class BinnedColumn:
+class BinnedColumn(_OneColumn):
     """Ordinal classes from a numeric column cut at fixed ``edges`` (ascending).
 
     Class ``i`` holds ``edges[i-1] <= value < edges[i]`` (class 0: below ``edges[0]``; the last
@@ -278,32 +312,16 @@ class BinnedColumn:
         object.__setattr__(self, "edges", edges)
 
     @property
-    def columns(self) -> tuple[str, ...]:
-        return (self.column,)
-
-    @property
-    def needs_fit(self) -> bool:
-        return False
-
-    @property
     def n_classes(self) -> int:
         return len(self.edges) + 1
 
-    def fit(self, split: Any, task_name: str) -> BinnedColumn:
-        return self
-
     def row_labels(self, split: Any, task_name: str) -> RowLabels:
         raw = _column(split, self.column, task_name)
-        numbers, unreadable = _numeric(raw)
-        labels = np.digitize(numbers, self.edges, right=False).astype(np.float64)
-        labels[np.isnan(numbers)] = np.nan
-        missing = np.isnan(numbers) & ~unreadable
-        examples = tuple(sorted({repr(raw[i]) for i in np.flatnonzero(unreadable)})[:5])
-        return RowLabels(labels, int(missing.sum()), int(unreadable.sum()), examples)
+        return _numeric_row_labels(raw, lambda numbers: np.digitize(numbers, self.edges, right=False))
 
 
 @dataclass(frozen=True)
-class ZScoreBins:
+class ZScoreBins(_OneColumn):
     """Ordinal lower / mean / higher classes by the z-score of a numeric column.
 
     ``z = (value - mean) / std``; class 0 if ``z < -cut``, 2 if ``z > cut``, else 1. ``mean`` and
@@ -326,10 +344,6 @@ class ZScoreBins:
             raise ValueError(f"ZScoreBins({self.column!r}): std must be positive and finite, got {self.std!r}")
         if self.mean is not None and not math.isfinite(self.mean):
             raise ValueError(f"ZScoreBins({self.column!r}): mean must be finite, got {self.mean!r}")
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (self.column,)
 
     @property
     def needs_fit(self) -> bool:
@@ -361,18 +375,16 @@ class ZScoreBins:
                 f"task {task_name!r} bins {self.column!r} by z-score with statistics of the training split; "
                 "fit it first: task = task.fit(train_split) (or build ZScoreBins with mean= and std=)"
             )
-        raw = _column(split, self.column, task_name)
-        numbers, unreadable = _numeric(raw)
+        return _numeric_row_labels(_column(split, self.column, task_name), self._bin)
+
+    def _bin(self, numbers: np.ndarray) -> np.ndarray:
+        """Class 0 / 1 / 2 (float64) of each value by its z-score against the fitted mean and SD."""
         z = (numbers - self.mean) / self.std
-        labels = np.where(z < -self.cut, 0.0, np.where(z > self.cut, 2.0, 1.0))
-        labels[np.isnan(numbers)] = np.nan
-        missing = np.isnan(numbers) & ~unreadable
-        examples = tuple(sorted({repr(raw[i]) for i in np.flatnonzero(unreadable)})[:5])
-        return RowLabels(labels, int(missing.sum()), int(unreadable.sum()), examples)
+        return np.where(z < -self.cut, 0.0, np.where(z > self.cut, 2.0, 1.0))
 
 
 @dataclass(frozen=True)
-class CategoryColumn:
+class CategoryColumn(_OneColumn):
     """Classes = the distinct values of a column in the **training** split (sorted as text).
 
     ``task.fit(train)`` fixes ``classes`` (and the task's answers, the values as written); rows of
@@ -393,10 +405,6 @@ class CategoryColumn:
                     f"CategoryColumn({self.column!r}): classes must be >= 2 distinct non-empty names, got {self.classes!r}"
                 )
             object.__setattr__(self, "classes", classes)
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (self.column,)
 
     @property
     def needs_fit(self) -> bool:
@@ -425,18 +433,13 @@ class CategoryColumn:
                 f"task {task_name!r} takes its classes from the values of {self.column!r} in the training split; "
                 "fit it first: task = task.fit(train_split)"
             )
-        raw = _column(split, self.column, task_name)
         index = {c.lower(): float(i) for i, c in enumerate(self.classes)}
-        missing = np.array([_is_missing(v) for v in raw], dtype=bool)
-        keys = [None if m else str(v).strip().lower() for v, m in zip(raw, missing)]
-        values = _map_distinct(keys, lambda key: index.get(key, np.nan))
-        unknown = ~missing & np.isnan(values)
-        examples = tuple(sorted({repr(raw[i]) for i in np.flatnonzero(unknown)})[:5])
-        return RowLabels(values, int(missing.sum()), int(unknown.sum()), examples)
+        raw = _column(split, self.column, task_name)
+        return _lookup_row_labels(raw, lambda value: str(value).strip().lower(), index)
 
 
 @dataclass(frozen=True)
-class NumberColumn:
+class NumberColumn(_OneColumn):
     """Regression on a numeric column, the value written as text with ``decimals`` decimals.
 
     ``grid = (lo, hi, step)`` (inclusive) gives the candidate answers scored by log-likelihood.
@@ -462,33 +465,18 @@ class NumberColumn:
             )
         object.__setattr__(self, "grid", (lo, hi, step))
 
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (self.column,)
-
-    @property
-    def needs_fit(self) -> bool:
-        return False
-
     def grid_values(self) -> np.ndarray:
         lo, hi, step = self.grid
         count = math.floor((hi - lo) / step + 1e-9) + 1
         return np.round(lo + step * np.arange(count), self.decimals)
 
-    def fit(self, split: Any, task_name: str) -> NumberColumn:
-        return self
-
     def row_labels(self, split: Any, task_name: str) -> RowLabels:
         raw = _column(split, self.column, task_name)
-        numbers, unreadable = _numeric(raw)
-        numbers[~np.isfinite(numbers)] = np.nan
-        missing = np.isnan(numbers) & ~unreadable
-        examples = tuple(sorted({repr(raw[i]) for i in np.flatnonzero(unreadable)})[:5])
-        return RowLabels(numbers, int(missing.sum()), int(unreadable.sum()), examples)
+        return _numeric_row_labels(raw, lambda numbers: np.where(np.isfinite(numbers), numbers, np.nan))
 
 
 @dataclass(frozen=True)
-class SameSubjectPairs:
+class SameSubjectPairs(_NothingToFit):
     """Two scans per question: are they from the same subject? Label 1 = yes, 0 = no.
 
     Pairs are drawn within one split from its ``subject_column``: every scan whose subject has
@@ -505,13 +493,6 @@ class SameSubjectPairs:
     @property
     def columns(self) -> tuple[str, ...]:
         return (self.subject_column,)
-
-    @property
-    def needs_fit(self) -> bool:
-        return False
-
-    def fit(self, split: Any, task_name: str) -> SameSubjectPairs:
-        return self
 
     def pairs(self, split: Any, task_name: str, seed: int) -> tuple[list[tuple[tuple[int, int], int]], int]:
         """([((row_a, row_b), label)], number of rows without a subject id)."""

@@ -122,6 +122,11 @@ OPEN_TASKS = ["sex", "age_group", "coupling_class", "gain_class", "diagnosis", "
 OPEN_LABELS = {"sex": 1, "age_group": 1, "coupling_class": 1, "gain_class": 0, "diagnosis": 0, "age": 27.0}
 
 
+def open_scores(*wrong: str) -> dict[str, bool]:
+    """The expected score of an OPEN_TASKS sentence: False for the ``wrong`` tasks, True for the others and "all"."""
+    return {**{name: name not in wrong for name in OPEN_TASKS}, "all": not wrong}
+
+
 def test_open_ended_sentences_are_seeded_varied_and_read_back():
     paradigm = OpenEnded(OPEN_TASKS)
     sentences = [paradigm.target_text(OPEN_LABELS, seed) for seed in range(30)]
@@ -142,75 +147,27 @@ def test_open_ended_sentences_are_seeded_varied_and_read_back():
         (
             "This scan comes from a young adult male with high global coupling and low network gain; "
             "a healthy control aged 27.",
-            {
-                "sex": True,
-                "age_group": True,
-                "coupling_class": True,
-                "gain_class": True,
-                "diagnosis": True,
-                "age": True,
-                "all": True,
-            },
+            open_scores(),
         ),
         (
             "A young adult man, 27 years old, control, whose global coupling is high while network gain is low.",
-            {
-                "sex": True,
-                "age_group": True,
-                "coupling_class": True,
-                "gain_class": True,
-                "diagnosis": True,
-                "age": True,
-                "all": True,
-            },
+            open_scores(),
         ),
         (
             "An elderly woman with low coupling and high gain, a patient aged 80.",
-            {
-                "sex": False,
-                "age_group": False,
-                "coupling_class": False,
-                "gain_class": False,
-                "diagnosis": False,
-                "age": False,
-                "all": False,
-            },
+            open_scores(*OPEN_TASKS),
         ),
         (
             "A young adult male who is also female, with high coupling and low gain, a control aged 27.",
-            {
-                "sex": False,
-                "age_group": True,
-                "coupling_class": True,
-                "gain_class": True,
-                "diagnosis": True,
-                "age": True,
-                "all": False,
-            },
+            open_scores("sex"),
         ),
         (
             "A young adult male with high coupling.",
-            {
-                "sex": True,
-                "age_group": True,
-                "coupling_class": True,
-                "gain_class": False,
-                "diagnosis": False,
-                "age": False,
-                "all": False,
-            },
+            open_scores("gain_class", "diagnosis", "age"),
         ),
         (
             "The global coupling is high and also low; male; young adult; control; gain low; age 27",
-            {
-                "sex": True,
-                "age_group": True,
-                "coupling_class": False,
-                "gain_class": True,
-                "diagnosis": True,
-                "age": True,
-                "all": False,
-            },
+            open_scores("coupling_class"),
         ),
     ],
 )

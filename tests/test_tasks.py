@@ -61,6 +61,13 @@ def fitted(name: str, train: datasets.Dataset | None = None) -> Task:
     return get_task(name).fit(cohort() if train is None else train)
 
 
+def classification_task(name: str, question: str, answers: tuple[str, ...], source, paraphrases=()) -> Task:
+    """A classification :class:`Task` for a test, from its question, verbalizers and label source."""
+    return Task(
+        name=name, kind="classification", question=question, paraphrases=paraphrases, answers=answers, source=source
+    )
+
+
 # -- registry ----------------------------------------------------------------------------------
 
 
@@ -80,27 +87,19 @@ def test_builtins_are_registered_with_metrics_and_paraphrases():
 def test_unknown_task_and_duplicate_registration_are_refused():
     with pytest.raises(ValueError, match="unknown task 'handedness'.*registered tasks"):
         get_task("handedness")
-    copy = Task(
-        name="sex",
-        kind="classification",
-        question="Sex?",
-        paraphrases=(),
-        answers=("F", "M"),
-        source=ClassColumn("sex", {"f": 0, "m": 1}),
-    )
+    copy = classification_task("sex", "Sex?", ("F", "M"), ClassColumn("sex", {"f": 0, "m": 1}))
     with pytest.raises(ValueError, match="already registered.*overwrite=True"):
         register_task(copy)
 
 
 def test_new_task_in_a_few_lines():
     task = register_task(
-        Task(
-            name="handedness",
-            kind="classification",
-            question="Is the subject left- or right-handed?",
+        classification_task(
+            "handedness",
+            "Is the subject left- or right-handed?",
+            ("Left", "Right"),
+            ClassColumn("handedness", {"L": 0, "R": 1, "left": 0, "right": 1}),
             paraphrases=("Which hand does the subject write with?",),
-            answers=("Left", "Right"),
-            source=ClassColumn("handedness", {"L": 0, "R": 1, "left": 0, "right": 1}),
         )
     )
     try:
@@ -111,13 +110,8 @@ def test_new_task_in_a_few_lines():
         assert examples == [TaskExample((0,), 1), TaskExample((1,), 0), TaskExample((2,), 1)]
         assert task.parse(" Answer: left.") == 0
         assert task.candidates() == ("Left", "Right")
-        replacement = Task(
-            name="handedness",
-            kind="classification",
-            question="Hand?",
-            paraphrases=(),
-            answers=("Left", "Right"),
-            source=ClassColumn("handedness", {"l": 0, "r": 1}),
+        replacement = classification_task(
+            "handedness", "Hand?", ("Left", "Right"), ClassColumn("handedness", {"l": 0, "r": 1})
         )
         assert register_task(replacement, overwrite=True) is get_task("handedness")
     finally:
@@ -152,14 +146,7 @@ def test_age_group_uses_the_documented_cut_offs():
 
 
 def test_binned_column_matches_an_independent_reference():
-    iq = Task(
-        name="viq_bins",
-        kind="classification",
-        question="Verbal IQ band?",
-        paraphrases=(),
-        answers=("lower", "mean", "higher"),
-        source=BinnedColumn("viq", (90, 120)),
-    )
+    iq = classification_task("viq_bins", "Verbal IQ band?", ("lower", "mean", "higher"), BinnedColumn("viq", (90, 120)))
     values = [70.0, 89.9, 90.0, 119.0, 120.0, 150.0, None]
     labels = iq.labels(datasets.Dataset.from_dict({"viq": values}))
     reference = [0 if v < 90 else 1 if v < 120 else 2 for v in values[:-1]] + [-1]
@@ -333,13 +320,11 @@ def test_unfitted_tasks_refuse_to_label_and_explicit_statistics_work():
         get_task("fluid_intelligence_bins").labels(cohort())
     with pytest.raises(ValueError, match="not fitted"):
         get_task("dataset").candidates()
-    norms = Task(
-        name="fi_norms",
-        kind="classification",
-        question="Fluid intelligence band?",
-        paraphrases=(),
-        answers=("lower", "mean", "higher"),
-        source=ZScoreBins("fluid_intelligence", mean=10.0, std=2.0),
+    norms = classification_task(
+        "fi_norms",
+        "Fluid intelligence band?",
+        ("lower", "mean", "higher"),
+        ZScoreBins("fluid_intelligence", mean=10.0, std=2.0),
     )
     assert not norms.needs_fit
     split = datasets.Dataset.from_dict({"fluid_intelligence": [6.9, 7.1, 13.0, 13.1]})
@@ -428,14 +413,7 @@ def test_same_subject_needs_repeated_subjects_and_has_no_row_labels():
         task.examples(single)
     with pytest.raises(ValueError, match="no per-row label"):
         task.labels(pairs_split())
-    custom = Task(
-        name="same_site",
-        kind="classification",
-        question="Same site?",
-        paraphrases=(),
-        answers=("No", "Yes"),
-        source=SameSubjectPairs("site"),
-    )
+    custom = classification_task("same_site", "Same site?", ("No", "Yes"), SameSubjectPairs("site"))
     assert custom.n_scans == 2
 
 
