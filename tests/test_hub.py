@@ -203,6 +203,20 @@ FRESH_PROCESS = """
     out["adapter_base"] = adapted.peft_config["default"].base_model_name_or_path
     with torch.no_grad():
         out["adapter_error"] = float(np.abs(adapted(**inputs).logits.numpy() - reference["adapter"]).max())
+    # PEFT's own push: an adapter on a base loaded by repo id names that repo id, and loads back by it.
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
+    pushed = get_peft_model(AutoModelForCausalLM.from_pretrained("me/fmri-lm"), lora).eval()
+    pushed.push_to_hub("me/peft-pushed")
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("me/fmri-lm"), "me/peft-pushed").eval()
+    with torch.no_grad():
+        out["peft_push"] = {
+            "base": reloaded.peft_config["default"].base_model_name_or_path,
+            "error": float((pushed(**inputs).logits - reloaded(**inputs).logits).abs().max()),
+            "moved": float((pushed(**inputs).logits - model(**inputs).logits).abs().max()),
+        }
     data = load_dataset("me/simulated")
     out["splits"] = {name: split.num_rows for name, split in data.items()}
     out["bold_feature"] = repr(data["train"].features["bold"])
@@ -252,6 +266,9 @@ def test_a_fresh_process_loads_model_processor_adapter_and_dataset_by_repo_id(fr
     assert output["codes_equal"] and output["stage1_codes_equal"]
     assert output["base_error"] < 1e-5 and output["adapter_error"] < 1e-5
     assert output["adapter_base"] == "me/fmri-lm"  # PEFT resolved the base by repo id
+    # PeftModel.push_to_hub of an adapter whose base came by repo id: published, reloaded, identical, not a no-op.
+    assert output["peft_push"]["base"] == "me/fmri-lm"
+    assert output["peft_push"]["error"] < 1e-6 and output["peft_push"]["moved"] > 1e-4
 
     from datasets import load_dataset
 
