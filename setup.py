@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "pyyaml>=6.0",
     "jinja2>=3.1",  # model cards and chat templates
+    "matplotlib>=3.8",  # fmrilm report
     "rouge-score>=0.1.2",
     "sacrebleu>=2.4",
 ]

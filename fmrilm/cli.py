@@ -8,6 +8,7 @@
     fmrilm train tokenizer|align|instruct --config CONFIG.yaml [key=value ...]
     fmrilm evaluate --model DIR --dataset DIR --task NAME [--shots 0 2 4 8 16] --out FILE.json
     fmrilm push {model,adapter,processor,dataset} DIR --repo-id ID
+    fmrilm report --model DIR [--dataset DIR --scan SCAN_ID | --scan-file X.npy --tr S] [--run DIR ...] --out DIR
     fmrilm demo [--out DIR]
 """
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation import add_evaluate_command
     from .hub import add_push_command
     from .pretokenize import add_tokenize_command
+    from .report import add_report_command
     from .training.cli import add_train_command
 
     parser = argparse.ArgumentParser(prog="fmrilm", description="fMRI-LM: language-aligned fMRI foundation model.")
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(commands)
     add_evaluate_command(commands)
     add_push_command(commands)
+    add_report_command(commands)
     add_demo_command(commands)
     return parser
 
