@@ -18,7 +18,9 @@ metrics over the whole validation set (gathered across processes, e.g. with
 * validation every ``eval_every`` steps and at the end, with the best model chosen on a real
   validation metric (``best_metric``, ``best_mode``), never on a training loss (SPEC B6), and
   saved to ``OUTPUT/best``;
-* ``save_state`` checkpoints every ``save_every`` steps in ``OUTPUT/checkpoints/step-XXXXXXXX``;
+* ``save_state`` checkpoints every ``save_every`` steps in ``OUTPUT/checkpoints/step-XXXXXXXX``
+  (written as ``step-XXXXXXXX.partial`` and renamed when complete, so a killed run never leaves a
+  half-written checkpoint behind that ``resume_from="latest"`` would pick);
   resuming restores model, optimiser, scheduler, RNG states, step and position in the epoch, so a
   resumed run ends with the same weights as an uninterrupted one;
 * metrics as JSON lines in ``OUTPUT/metrics.jsonl`` (main process) and to accelerate trackers;
@@ -64,6 +66,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FOLDER = "checkpoints"
+#: Suffix of a checkpoint folder being written (ignored by :func:`find_latest_checkpoint`).
+PARTIAL_SUFFIX = ".partial"
 BEST_FOLDER = "best"
 METRICS_FILE = "metrics.jsonl"
 _CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
@@ -736,14 +740,25 @@ class TrainingLoop:
         self._record("validation", {**metrics, f"best_{name}": self.state.best_value})
 
     def _save_checkpoint(self) -> None:
+        """``save_state`` into ``step-XXXXXXXX.partial``, renamed to ``step-XXXXXXXX`` once every process
+        has written its part: a run killed while saving leaves no incomplete folder that ``latest`` would pick."""
+        accelerator = self.accelerator
         folder = self.output_dir / CHECKPOINT_FOLDER / f"step-{self.state.global_step:08d}"
-        self.accelerator.save_state(str(folder))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+        partial = folder.with_name(folder.name + PARTIAL_SUFFIX)
+        if accelerator.is_main_process and folder.parent.is_dir():
+            for stale in folder.parent.glob(f"*{PARTIAL_SUFFIX}"):  # left by a killed run
+                shutil.rmtree(stale)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if folder.exists():  # a run resumed from an older checkpoint passes this step again
+                shutil.rmtree(folder)
+            partial.rename(folder)
             checkpoints = sorted(p for p in folder.parent.iterdir() if _CHECKPOINT_PATTERN.match(p.name))
             for old in checkpoints[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old)
-        self.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
 
 
 def _flat_tracker_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -22,7 +22,8 @@ What a run does, in order:
    (PEFT ``modules_to_save``), and so are the embedding rows of ``<fmri_start>`` and ``<fmri_end>``
    (PEFT ``trainable_token_indices``; the rest of the vocabulary stays frozen);
 4. tokenizes the T2T corpus (a text file, a dataset folder, or by default the training descriptor
-   texts) with the LM's own tokenizer into an int32 token stream (SPEC B7), cached on disk;
+   texts) with the LM's own tokenizer into an int32 token stream (SPEC B7), cached on disk; a file or
+   folder corpus is streamed in chunks to a memory-mapped ``.npy`` (corpora larger than memory);
 5. trains with :class:`~fmrilm.training.loop.TrainingLoop`. Every batch MIXES both kinds of
    inputs: ``data.batch_size`` multimodal examples (loss ``f2t_weight * F2T + f2f_weight * F2F``)
    and ``t2t.batch_size`` text windows (loss ``t2t_weight * T2T``), two forward passes whose
@@ -748,13 +749,15 @@ def _generation_items(validation, config: Stage2Config, seed: int) -> list[Gener
 def _t2t_windows(
     config: Stage2Config, train, collator_for_texts, tokenizer, vocab_size: int, cache_dir: Path, seed: int
 ):
-    from .text_corpus import TextWindows, cached_token_stream, load_documents
+    from .text_corpus import TextWindows, cached_token_memmap, cached_token_stream, load_documents
 
     t2t = config.t2t
     if t2t.batch_size == 0 or config.losses.t2t_weight == 0:
         return None
-    if t2t.corpus is not None:
-        documents = load_documents(t2t.corpus, text_column=t2t.text_column, split=t2t.split)
+    if t2t.corpus is not None:  # streamed to a memory-mapped .npy: corpora larger than memory
+        stream = cached_token_memmap(t2t.corpus, tokenizer, cache_dir, text_column=t2t.text_column, split=t2t.split,
+                                     vocab_size=vocab_size)  # fmt: skip
+        return TextWindows(stream, t2t.window_length, seed=seed)
     else:
         dataset = AlignmentDataset(
             train, codes_column=config.data.codes_column,
