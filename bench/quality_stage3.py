@@ -44,6 +44,8 @@ from common import QualityResult, machine_description
 FAMILIES = ("connectivity", "graph")
 #: (tuned in stage 3, evaluated zero-/k-shot without ever being tuned on)
 TASKS = ("coupling_class", "gain_class")
+#: Cohen's d between the simulated classes (as in `fmrilm demo`; the simulator's default is 1)
+CLASS_EFFECT = 3.0
 SHOTS = (0, 2, 4, 8, 16)
 SEEDS = (0, 1, 2)
 #: (subjects, scan duration in s, stage-1 steps, stage-2 steps, stage-3 steps, k-shot tuning steps)
@@ -55,6 +57,7 @@ def run(quick: bool = False, workdir: str | Path | None = None) -> list[QualityR
     """The chain of :mod:`fmrilm.workflow` steps; with ``workdir`` a rerun skips the steps already complete there."""
     from fmrilm.evaluation import results_table
     from fmrilm.workflow import (
+        SCRATCH_CORPUS,
         Workflow,
         build_scratch_lm,
         build_simulated_dataset,
@@ -74,8 +77,9 @@ def run(quick: bool = False, workdir: str | Path | None = None) -> list[QualityR
         root = Path(workdir) if workdir is not None else Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
         step = Workflow(root).run
-        raw = step("cohort", root / "raw", {"n_subjects": n_subjects, "duration_s": duration_s},
-                   lambda: build_simulated_dataset(root / "raw", n_subjects, duration_s, progress=False),
+        raw = step("cohort", root / "raw", {"n_subjects": n_subjects, "duration_s": duration_s, "class_effect": CLASS_EFFECT},
+                   lambda: build_simulated_dataset(root / "raw", n_subjects, duration_s, class_effect=CLASS_EFFECT,
+                                                           progress=False),
                    marker="build_info.json")  # fmt: skip
         described = step("describe", root / "described", {"families": FAMILIES},
                          lambda: describe_cohort(raw.path, root / "described", root / "reference", families=FAMILIES),
@@ -87,12 +91,13 @@ def run(quick: bool = False, workdir: str | Path | None = None) -> list[QualityR
         tokenized = step("tokenize", root / "tokenized", {},
                          lambda: pretokenize_cohort(described.path, processor_dir, root / "tokenized"),
                          marker="build_info.json", inputs=[described, stage1])  # fmt: skip
-        lm = step("lm", root / "scratch_lm", {"preset": "mini", "vocab_size": 1500},
+        lm = step("lm", root / "scratch_lm", {"preset": "mini", "vocab_size": 1500, "corpus": True},
                   lambda: build_scratch_lm(root / "scratch_lm", scratch_lm_texts([tokenized.path], TASKS), preset="mini",
                                            vocab_size=1500),
                   marker="config.json", inputs=[tokenized])  # fmt: skip
-        stage2 = step("stage2", root / "stage2", {"steps": steps2},
-                      lambda: train_stage2(root / "stage2", [tokenized.path], processor_dir, lm.path, steps2, progress=False),
+        stage2 = step("stage2", root / "stage2", {"steps": steps2, "t2t": SCRATCH_CORPUS},
+                      lambda: train_stage2(root / "stage2", [tokenized.path], processor_dir, lm.path, steps2,
+                                           t2t_corpus=lm.path / SCRATCH_CORPUS, progress=False),
                       marker="training_summary.json", inputs=[tokenized, lm])  # fmt: skip
         stage3 = step("stage3", root / "stage3", {"steps": steps3},
                       lambda: train_stage3(root / "stage3", [tokenized.path], stage2.path / "model", steps3,

@@ -9,7 +9,7 @@
     fmrilm evaluate --model DIR --dataset DIR --task NAME [--shots 0 2 4 8 16] --out FILE.json
     fmrilm push {model,adapter,processor,dataset} DIR --repo-id ID
     fmrilm report --model DIR [--dataset DIR --scan SCAN_ID | --scan-file X.npy --tr S] [--run DIR ...] --out DIR
-    fmrilm demo [--out DIR]
+    fmrilm demo [--out DIR] [--text-model NAME_OR_PATH] [--force]
 """
 
 from __future__ import annotations

