@@ -262,6 +262,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, Path]:
         evaluate_transfer,
         export_final_model,
         pretokenize_cohort,
+        report_on_scan,
         scratch_lm_texts,
         train_stage1,
         train_stage2,
@@ -408,6 +409,17 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, Path]:
         for example in pipeline_examples(pipelines, codes.path, count=s.pipeline_scans, tasks=asked[name],
                                          max_new_tokens=s.max_new_tokens, other_describers=stage2_describer):  # fmt: skip
             print(_format_example(example))
+
+    # 10. the report: the stage-2 model (the one that describes scans) on a held-out simulated scan
+    banner("report: FC, tokens, reconstruction, codebook, training curves, evaluation, description vs facts")
+    report = run(
+        "report", out / "report", {"scan": "first test scan", "model": "stage2"},
+        lambda: report_on_scan(out / "report", out / "stage2" / "model", simulated_codes.path,
+                               runs=[out / "stage1", out / "stage2", out / "stage3"],
+                               evaluation_results=out / "evaluation" / "results.json"),
+        marker="report.html", inputs=[stage2, stage3, evaluation],
+    )  # fmt: skip
+    print(f"report: {report.path / 'report.html'}")
 
     minutes = (time.perf_counter() - started) / 60
     done = sum(not o.reused for o in workflow.outcomes)

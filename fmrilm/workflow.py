@@ -439,6 +439,29 @@ def evaluate_transfer(out_dir: str | Path, tokenized: str | Path, model_dir: str
     return results
 
 
+def report_on_scan(out_dir: str | Path, model_dir: str | Path, tokenized: str | Path, *, runs: Sequence[str | Path],
+                   evaluation_results: str | Path | None = None, split: str = "test") -> Path:  # fmt: skip
+    """``fmrilm report`` for ``model_dir`` and the first scan of ``split`` of ``tokenized``; returns report.html.
+
+    ``evaluation_results``: the ``results.json`` of :func:`evaluate_transfer` (task -> table); each
+    table is written to ``out_dir/evaluation/<task>.json`` (the ``fmrilm evaluate --out`` format) and
+    shown in the report.
+    """
+    from .report import build_report
+
+    out_dir = Path(out_dir)
+    evaluations = []
+    if evaluation_results is not None:
+        (out_dir / "evaluation").mkdir(parents=True, exist_ok=True)
+        for task, table in json.loads(Path(evaluation_results).read_text(encoding="utf-8")).items():
+            evaluations.append(out_dir / "evaluation" / f"{task}.json")
+            evaluations[-1].write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    with loaded_dataset(tokenized) as splits:
+        scan_id = str(splits[split][0]["scan_id"])
+    return build_report(out_dir, model=model_dir, dataset=tokenized, scan_id=scan_id, split=split, runs=list(runs),
+                        evaluations=evaluations)  # fmt: skip
+
+
 def export_final_model(stage3_dir: str | Path, model_dir: str | Path, adapter_dir: str | Path) -> tuple[Path, Path]:
     """Copy stage 3's merged model + processor to ``model_dir`` and its LoRA adapter to ``adapter_dir``.
 

