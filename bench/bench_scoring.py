@@ -83,8 +83,8 @@ def _case(size: str, n_candidates: int, quick: bool) -> BenchResult:
 
 def run(quick: bool = False) -> list[BenchResult]:
     """Shared-prefill scoring against per-candidate forwards, tiny and small LM, 5 and 20 candidates."""
-    torch.set_grad_enabled(False)
-    return [_case(size, count, quick) for size in LM_SIZES for count in CANDIDATE_SETS]
+    with torch.no_grad():  # scoped: bench/run_all.py runs the training benchmarks in the same process
+        return [_case(size, count, quick) for size in LM_SIZES for count in CANDIDATE_SETS]
 
 
 if __name__ == "__main__":
