@@ -70,6 +70,14 @@ def _markdown(machine: dict, rows: list[dict], quality: list[dict], failures: di
     return "\n".join(lines) + "\n"
 
 
+def _restore_global_state(module: str) -> None:
+    """Undo process-wide torch settings a benchmark module left behind (all modules share this process)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and not torch.is_grad_enabled():
+        print(f"note: {module} left gradients disabled; re-enabled for the next modules", file=sys.stderr)
+        torch.set_grad_enabled(True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats")
@@ -100,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # one failing benchmark must not hide the others' figures
             failures[path.stem] = traceback.format_exc()
             print(failures[path.stem], file=sys.stderr)
+        _restore_global_state(path.stem)
     rows.sort(key=lambda row: row.get("module", ""))
     quality.sort(key=lambda row: row.get("module", ""))
     args.out.mkdir(parents=True, exist_ok=True)
