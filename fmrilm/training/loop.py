@@ -41,6 +41,7 @@ import math
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ __all__ = [
     "make_dataloader",
     "parameter_groups",
     "resolve_mixed_precision",
+    "write_run_summary",
 ]
 
 CHECKPOINT_FOLDER = "checkpoints"
@@ -300,6 +302,20 @@ def build_accelerator(config: LoopConfig, output_dir: str | Path):
             "e.g. `pip install tensorboard`, or an unknown name); install them or remove them from report_to."
         )
     return accelerator
+
+
+def write_run_summary(path: str | Path, summary: Mapping[str, Any], accelerator, started: float) -> None:
+    """Write a stage's ``training_summary.json``: ``summary`` followed by where and how the run ran
+    (``num_processes``, ``device``, ``mixed_precision``) and its wall time in seconds since ``started``
+    (a ``time.perf_counter()`` value). Call it on the main process only."""
+    record = {
+        **summary,
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+    Path(path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def find_latest_checkpoint(output_dir: str | Path) -> Path | None:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from .command import StageCommand, best_line
 from .config import config_to_dict, save_config
-from .loop import LoopConfig, TrainingLoop, build_accelerator, make_dataloader
+from .loop import LoopConfig, TrainingLoop, build_accelerator, make_dataloader, write_run_summary
 
 __all__ = [
     "DataConfig",
@@ -773,12 +773,8 @@ def train_tokenizer(config: Stage1Config) -> Stage1Result:
             "parameters": _parameter_count(best_model),
             "text_embeddings": text_source,
             "domain_llm": config.domain.llm if domain_table is not None else None,
-            "num_processes": accelerator.num_processes,
-            "device": str(accelerator.device),
-            "mixed_precision": accelerator.mixed_precision,
-            "wall_time_s": round(time.perf_counter() - started, 2),
         }
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_run_summary(summary_file, summary, accelerator, started)
     accelerator.wait_for_everyone()
     return Stage1Result(
         processor_dir=processor_dir, summary_file=summary_file, metrics_file=result.metrics_file,

@@ -82,7 +82,7 @@ from .language_model import apply_lora as _apply_lora
 from .language_model import export_best as _export_best
 from .language_model import fmri_model as _fmri_model
 from .language_model import parameter_counts as _parameter_counts
-from .loop import LoopConfig, TrainingLoop, build_accelerator, make_dataloader
+from .loop import LoopConfig, TrainingLoop, build_accelerator, make_dataloader, write_run_summary
 
 __all__ = [
     "FMRI_MODULES",
@@ -874,12 +874,8 @@ def train_alignment(config: Stage2Config) -> Stage2Result:
             **_parameter_counts(loop.unwrapped_model),
             "exported_parameters": sum(p.numel() for p in final.parameters()),
             "t2t_corpus_tokens": None if windows is None else int(windows.stream.size),
-            "num_processes": accelerator.num_processes,
-            "device": str(accelerator.device),
-            "mixed_precision": accelerator.mixed_precision,
-            "wall_time_s": round(time.perf_counter() - started, 2),
         }
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_run_summary(summary_file, summary, accelerator, started)
     accelerator.wait_for_everyone()
     return Stage2Result(
         model_dir=model_dir, adapter_dir=adapter_dir, summary_file=summary_file, metrics_file=result.metrics_file,

@@ -81,7 +81,7 @@ from .language_model import (
     parameter_counts,
     render_prompt,
 )
-from .loop import LoopConfig, TrainingLoop, build_accelerator, make_dataloader
+from .loop import LoopConfig, TrainingLoop, build_accelerator, make_dataloader, write_run_summary
 
 __all__ = [
     "InstructLoraSettings",
@@ -1194,12 +1194,8 @@ def train_instruct(config: Stage3Config) -> Stage3Result:
             "lora": config.lora.enabled,
             **counts,
             "exported_parameters": sum(p.numel() for p in final.parameters()),
-            "num_processes": accelerator.num_processes,
-            "device": str(accelerator.device),
-            "mixed_precision": accelerator.mixed_precision,
-            "wall_time_s": round(time.perf_counter() - started, 2),
         }
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_run_summary(summary_file, summary, accelerator, started)
     accelerator.wait_for_everyone()
     return Stage3Result(
         model_dir=model_dir, adapter_dir=adapter_dir, summary_file=summary_file, metrics_file=result.metrics_file,
