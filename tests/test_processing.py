@@ -1,14 +1,12 @@
 """FmriLMProcessor: fMRI -> codes and back, save/load (also through AutoProcessor and remote code), errors."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+from remote_code import run_with_and_without_package
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoProcessor, BatchFeature, PreTrainedTokenizerFast
 
@@ -196,31 +194,11 @@ def test_saved_processor_loads_in_fresh_processes_with_and_without_the_package(p
         print(type(processor).__module__, type(processor.fmri_tokenizer).__module__)
         """
     )
-    with_package = "import fmrilm\nTRUST = False\nOUT = " + repr(str(tmp_path / "package.npy")) + load
-    blocked = (
-        "import sys\nsys.modules['fmrilm'] = None  # any import of the package fails\nTRUST = True\nOUT = "
-        + repr(str(tmp_path / "remote.npy"))
-        + load
+    outputs = run_with_and_without_package(
+        load, tmp_path, extra=tuple(f"OUT = {str(tmp_path / name)!r}\n" for name in ("package.npy", "remote.npy"))
     )
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false"
-    )
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for code in (with_package, blocked)
-    ]
-    outputs = [run.communicate(timeout=240) for run in runs]
-    for run, (_, stderr) in zip(runs, outputs):
-        assert run.returncode == 0, stderr[-3000:]
-    assert outputs[0][0].split() == ["fmrilm.processing_fmrilm", "fmrilm.modeling_fmri_tokenizer"]
-    remote_modules = outputs[1][0].split()
+    assert outputs[0].split() == ["fmrilm.processing_fmrilm", "fmrilm.modeling_fmri_tokenizer"]
+    remote_modules = outputs[1].split()
     assert all(name.startswith("transformers_modules.") for name in remote_modules), remote_modules
     np.testing.assert_array_equal(np.load(tmp_path / "package.npy"), expected)
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), expected)

@@ -1,14 +1,12 @@
 """FmriLMProcessor, stage 2: fMRI special tokens, <fmri> expansion, codes, labels, padding, truncation, chat templates."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 from lm_fixtures import CHAT_TEMPLATE, tiny_tokenizer
+from remote_code import run_with_and_without_package
 from transformers import AutoProcessor
 
 import fmrilm  # noqa: F401  (registers the Auto classes)
@@ -542,27 +540,9 @@ def test_save_and_load_in_new_processes_keep_tokens_template_and_inputs(fmri_mod
         print(type(processor).__module__, len(processor.tokenizer))
         """
     )
-    with_package = "import fmrilm\nTRUST = False\n" + load
-    blocked = "import sys\nsys.modules['fmrilm'] = None  # any import of the package fails\nTRUST = True\n" + load
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false"
-    )
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for code in (with_package, blocked)
-    ]
-    outputs = [run.communicate(timeout=240) for run in runs]
-    for run, (_, stderr) in zip(runs, outputs):
-        assert run.returncode == 0, stderr[-3000:]
-    assert outputs[0][0].split() == ["fmrilm.processing_fmrilm", str(len(processor.tokenizer))]
-    assert outputs[1][0].split()[0].startswith("transformers_modules.")
+    outputs = run_with_and_without_package(load, tmp_path)
+    assert outputs[0].split() == ["fmrilm.processing_fmrilm", str(len(processor.tokenizer))]
+    assert outputs[1].split()[0].startswith("transformers_modules.")
 
     loaded = AutoProcessor.from_pretrained(folder)
     assert type(loaded) is FmriLMProcessor and loaded.tokenizer.chat_template == template
